@@ -1,0 +1,5 @@
+//! `ztmesh`: the client daemon and its CLI.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! `ztmesh-coordinator`: the control server and its admin CLI.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
