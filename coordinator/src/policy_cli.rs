@@ -1,0 +1,1 @@
+//! Policy subcommands (being written by H1).
