@@ -1,0 +1,162 @@
+//! HTTP routes of the relying party: `GET /oidc/start/{login_id}` sends the browser to the
+//! IdP, `GET /oidc/callback` finishes the sign-in and shows a result page.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use super::{OidcError, OidcProvider};
+use crate::identity::LoginSink;
+
+#[derive(Clone)]
+struct RouteState {
+    provider: Arc<OidcProvider>,
+    sink: Arc<dyn LoginSink>,
+}
+
+/// The OIDC routes, to be merged into the coordinator's HTTP router.
+pub fn router(provider: Arc<OidcProvider>, sink: Arc<dyn LoginSink>) -> Router {
+    Router::new()
+        .route("/oidc/start/{login_id}", get(start))
+        .route("/oidc/callback", get(callback))
+        .with_state(RouteState { provider, sink })
+}
+
+async fn start(State(st): State<RouteState>, Path(login_id): Path<String>) -> Response {
+    if !st.sink.login_pending(&login_id) {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Sign-in failed",
+            "This login link is unknown or has expired. Run the login command again.",
+        );
+    }
+    match st.provider.start(&login_id) {
+        Ok(url) => Redirect::to(url.as_str()).into_response(),
+        Err(err) => error_page(&err),
+    }
+}
+
+#[derive(Deserialize)]
+struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    iss: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+async fn callback(State(st): State<RouteState>, Query(q): Query<CallbackParams>) -> Response {
+    let Some(state) = q.state.as_deref() else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The response has no state.",
+        );
+    };
+    if let Some(error) = q.error.as_deref() {
+        let login_id = st.provider.abandon(state);
+        let text = match q.error_description.as_deref() {
+            Some(desc) => format!("{error}: {desc}"),
+            None => error.to_string(),
+        };
+        tracing::warn!(?login_id, error = %text, "OIDC sign-in refused by the identity provider");
+        return error_page(&OidcError::Provider(text));
+    }
+    let Some(code) = q.code.as_deref() else {
+        st.provider.abandon(state);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The response has no code.",
+        );
+    };
+    let verified = match st.provider.callback(code, state, q.iss.as_deref()).await {
+        Ok(v) => v,
+        Err(err) => {
+            tracing::warn!(error = %err, "OIDC sign-in refused");
+            return error_page(&err);
+        }
+    };
+    let user = verified.identity.user.clone();
+    match st
+        .sink
+        .complete_login(&verified.login_id, verified.identity)
+        .await
+    {
+        Ok(()) => page(
+            StatusCode::OK,
+            "Signed in",
+            &format!("Signed in as {user}. You can close this window and return to your terminal."),
+        ),
+        Err(rejected) => {
+            tracing::warn!(login_id = %verified.login_id, %user, reason = %rejected, "login refused by the control plane");
+            page(
+                StatusCode::FORBIDDEN,
+                "Sign-in refused",
+                &format!("Signed in as {user}, but the device was not admitted: {rejected}"),
+            )
+        }
+    }
+}
+
+fn error_page(err: &OidcError) -> Response {
+    let status = match err {
+        OidcError::MfaRequired { .. } | OidcError::Provider(_) => StatusCode::FORBIDDEN,
+        OidcError::UnknownState | OidcError::LoginExpired | OidcError::InvalidLoginId => {
+            StatusCode::BAD_REQUEST
+        }
+        OidcError::TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
+        OidcError::Transport(_) | OidcError::Discovery { .. } => StatusCode::BAD_GATEWAY,
+        OidcError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    page(status, "Sign-in failed", &err.to_string())
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ztmesh: {t}</title></head>\
+         <body><h1>{t}</h1><p id=\"message\">{m}</p></body></html>\n",
+        t = escape(title),
+        m = escape(message)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+    }
+}
