@@ -450,9 +450,8 @@ impl Store for SledStore {
             .audit
             .iter()
             .rev()
-            .values()
             .take(n)
-            .map(|v| decode(T_AUDIT, &v?))
+            .map(|kv| decode(T_AUDIT, &kv?.1))
             .collect::<Result<Vec<AuditRecord>>>()?;
         out.reverse();
         Ok(out)
