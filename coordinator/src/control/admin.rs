@@ -1,0 +1,229 @@
+//! What the admin API and the login pages ask of the control plane: policy swaps, revocation,
+//! device attributes, the device list, and the completion of interactive logins.
+
+use super::core::merged_posture;
+use super::login::{Identity, LoginError, LoginStatus, Purpose};
+use super::{now, ControlError, ControlPlane};
+use crate::store::PolicyVersion;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tracing::info;
+use ztmesh_common::addr::overlay_addrs;
+use ztmesh_common::ids::NodeId;
+use ztmesh_common::policy::Policy;
+use ztmesh_common::posture::{attr, AttrValue};
+use ztmesh_common::time::UnixMillis;
+
+/// One device as the admin API lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceSummary {
+    pub id: NodeId,
+    pub hostname: String,
+    pub user: Option<String>,
+    pub tags: Vec<String>,
+    pub addresses: Vec<IpAddr>,
+    /// `Some(true)` passed its last posture evaluation, `Some(false)` failed it (see
+    /// `posture_failures`), `None` never evaluated.
+    pub posture_ok: Option<bool>,
+    pub posture_failures: Vec<String>,
+    /// End of its current credential, when it holds one.
+    pub credential_expires_at: Option<UnixMillis>,
+    /// Whether it is in the mesh now (admitted, unexpired, unrevoked).
+    pub admitted: bool,
+    /// Whether its control connection is up.
+    pub online: bool,
+    pub revoked: bool,
+    pub last_seen: Option<UnixMillis>,
+}
+
+impl ControlPlane {
+    /// Validate `text`, run its tests, store it, swap it in and push every changed view.
+    /// Nodes that no longer pass the admission posture are revoked. A refused policy leaves
+    /// the running one in force.
+    pub async fn set_policy(
+        &self,
+        text: &str,
+        author: &str,
+    ) -> Result<PolicyVersion, ControlError> {
+        let policy = Policy::parse(text, "policy.hujson")
+            .map_err(|e| ControlError::InvalidPolicy(e.to_string()))?;
+        let failures = policy.run_tests();
+        if !failures.is_empty() {
+            return Err(ControlError::PolicyTestsFailed(
+                failures.iter().map(|f| f.to_string()).collect(),
+            ));
+        }
+        let (text, author_s) = (text.to_owned(), author.to_owned());
+        let version = self
+            .blocking(move |s| s.put_policy(&text, &author_s, now()))
+            .await??;
+        let policy = Arc::new(policy);
+        let failing = {
+            let mut core = self.core();
+            core.policy = policy.clone();
+            let pushes = core.mesh.set_policy(policy.clone());
+            core.push_all(pushes);
+            let mut failing = Vec::new();
+            for (id, st) in &core.nodes {
+                if let Err(reasons) = policy.check_admission(&st.inventory(*id)) {
+                    failing.push((*id, reasons));
+                }
+            }
+            failing
+        };
+        info!(
+            version = version.version,
+            author,
+            failing = failing.len(),
+            "policy swapped"
+        );
+        for (id, reasons) in failing {
+            self.revoke(
+                id,
+                "system",
+                format!(
+                    "posture check failed under the new policy: {}",
+                    reasons.join("; ")
+                ),
+                false,
+            )
+            .await;
+        }
+        Ok(version)
+    }
+
+    /// Revoke a device: out of every view now, `Revoked` to the device, and the durable
+    /// revoked flag so it cannot log in again.
+    pub async fn revoke_device(&self, id: NodeId, reason: &str) -> Result<(), ControlError> {
+        let exists = self.blocking(move |s| s.get_device(id)).await??;
+        if exists.is_none() {
+            return Err(ControlError::UnknownDevice(id.to_string()));
+        }
+        let reason = if reason.is_empty() {
+            "revoked by an administrator".to_owned()
+        } else {
+            format!("revoked by an administrator: {reason}")
+        };
+        self.revoke(id, "admin", reason, true).await;
+        Ok(())
+    }
+
+    /// Set a `custom:*` attribute (admin or MDM/EDR feed); `None` removes it. The node is
+    /// re-evaluated at once: its views may change, or it may be revoked.
+    pub async fn set_device_attr(
+        &self,
+        id: NodeId,
+        key: &str,
+        value: Option<AttrValue>,
+    ) -> Result<(), ControlError> {
+        if !key.starts_with(attr::CUSTOM_PREFIX) || key.len() <= attr::CUSTOM_PREFIX.len() {
+            return Err(ControlError::NotCustomAttr(key.to_owned()));
+        }
+        let (k, v) = (key.to_owned(), value.clone());
+        let updated = self
+            .blocking(move |s| {
+                s.update_device(id, &mut |d| match &v {
+                    Some(v) => {
+                        d.custom_attrs.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        d.custom_attrs.remove(&k);
+                    }
+                })
+            })
+            .await?;
+        let record = match updated {
+            Ok(r) => r,
+            Err(crate::store::StoreError::NotFound(_)) => {
+                return Err(ControlError::UnknownDevice(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let verdict = {
+            let mut core = self.core();
+            let policy = core.policy.clone();
+            let Some(st) = core.nodes.get_mut(&id) else {
+                return Ok(());
+            };
+            st.custom = record.custom_attrs.clone();
+            let inv = st.inventory(id);
+            let verdict = policy.check_admission(&inv);
+            if verdict.is_ok() {
+                let pushes = core.mesh.update_inventory(inv);
+                core.push_all(pushes);
+            }
+            verdict
+        };
+        if let Err(reasons) = verdict {
+            self.revoke(
+                id,
+                "system",
+                format!(
+                    "posture check failed after {key} changed: {}",
+                    reasons.join("; ")
+                ),
+                false,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Every known device with its live state.
+    pub async fn devices(&self) -> Result<Vec<DeviceSummary>, ControlError> {
+        let records = self.blocking(|s| s.list_devices()).await??;
+        let core = self.core();
+        Ok(records
+            .into_iter()
+            .map(|d| {
+                let live = core.nodes.get(&d.id);
+                let addresses = overlay_addrs(d.host_index)
+                    .map(|(a, b)| vec![IpAddr::from(a), IpAddr::from(b)])
+                    .unwrap_or_default();
+                DeviceSummary {
+                    id: d.id,
+                    hostname: live.map(|s| s.hostname.clone()).unwrap_or(d.hostname),
+                    user: d.user,
+                    tags: d.tags,
+                    addresses,
+                    posture_ok: d.posture_ok,
+                    posture_failures: d.posture_failures,
+                    credential_expires_at: live.map(|s| s.credential.expires_at),
+                    admitted: live.is_some(),
+                    online: core.sessions.contains_key(&d.id),
+                    revoked: d.revoked,
+                    last_seen: d.last_seen,
+                }
+            })
+            .collect())
+    }
+
+    /// The posture attributes the policy currently sees for an admitted node.
+    pub fn device_posture(&self, id: NodeId) -> Option<ztmesh_common::posture::PostureAttrs> {
+        let core = self.core();
+        core.nodes
+            .get(&id)
+            .map(|s| merged_posture(&s.reported, &s.custom))
+    }
+
+    /// The web layer finished an interactive login (local account form or OIDC callback).
+    pub async fn complete_login(
+        &self,
+        login_id: &str,
+        identity: Identity,
+    ) -> Result<(), LoginError> {
+        match self.inner.logins.complete(login_id, &identity, now())? {
+            Purpose::Join(tx) => tx.send(identity).map_err(|_| LoginError::DeviceGone),
+            Purpose::Reauth { node, .. } => {
+                self.reauth_done(node, identity).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Where a login stands (`None`: unknown id).
+    pub fn login_status(&self, login_id: &str) -> Option<LoginStatus> {
+        self.inner.logins.status(login_id, now())
+    }
+}

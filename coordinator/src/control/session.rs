@@ -1,0 +1,343 @@
+//! One device connection: QUIC handshake, `Hello` with the machine-key proof, then the login
+//! state machine and the forwarding of queued updates. Any protocol violation ends the
+//! connection with a logged reason; every connection ends with exactly one log line.
+
+use super::admission::LoginStep;
+use super::frames::{FrameReader, ReadError};
+use super::login::Identity;
+use super::{now, proof, ControlPlane};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+use ztmesh_common::ids::{MachinePublicKey, NodeId};
+use ztmesh_common::wire::{
+    self, ClientMsg, LoginRequest, ServerMsg, Welcome, MACHINE_PROOF_LABEL, MACHINE_PROOF_LEN,
+    PROTOCOL_VERSION,
+};
+
+/// How long a write to a client may block (flow control) before the client counts as stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QUIC application close codes.
+mod code {
+    pub const NORMAL: u32 = 0;
+    pub const PROTOCOL: u32 = 1;
+    pub const AUTH: u32 = 2;
+    pub const REPLACED: u32 = 3;
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("{0}")]
+    Normal(&'static str),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("connection: {0}")]
+    Connection(String),
+    #[error("replaced by a newer connection of the same device, or too slow to read updates")]
+    Replaced,
+}
+
+impl From<ReadError> for End {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Finished => End::Normal("client closed its stream"),
+            ReadError::Stream(quinn::ReadError::ConnectionLost(c)) => {
+                End::Connection(c.to_string())
+            }
+            other => End::Protocol(other.to_string()),
+        }
+    }
+}
+
+fn msg_name(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Hello(_) => "Hello",
+        ClientMsg::Login(_) => "Login",
+        ClientMsg::PostureReport(_) => "PostureReport",
+        ClientMsg::Renew(_) => "Renew",
+        ClientMsg::Endpoints(_) => "Endpoints",
+        ClientMsg::FlowLog(_) => "FlowLog",
+        ClientMsg::Logout => "Logout",
+    }
+}
+
+/// Serve one incoming connection until it ends.
+pub(super) async fn run(cp: ControlPlane, incoming: quinn::Incoming, permit: OwnedSemaphorePermit) {
+    let remote = incoming.remote_address();
+    let conn_id = cp.next_conn_id();
+    let mut s = Session {
+        cp,
+        conn_id,
+        node: None,
+        conn: None,
+        send: None,
+    };
+    let result = s.drive(incoming, permit).await;
+    let node = s.node.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    if let Some(id) = s.node {
+        s.cp.session_closed(id, conn_id);
+    }
+    let (code, reason) = match &result {
+        Ok(()) | Err(End::Normal(_)) => (code::NORMAL, "bye"),
+        Err(End::Replaced) => (code::REPLACED, "replaced"),
+        Err(End::Auth(_)) => (code::AUTH, "authentication failed"),
+        Err(_) => (code::PROTOCOL, "protocol error"),
+    };
+    if let Some(conn) = &s.conn {
+        conn.close(code.into(), reason.as_bytes());
+    }
+    match result {
+        Ok(()) | Err(End::Normal(_)) | Err(End::Connection(_)) | Err(End::Replaced) => info!(
+            conn = conn_id, %remote, node, reason = %result.err().map(|e| e.to_string()).unwrap_or_else(|| "logout".into()),
+            "control connection ended"
+        ),
+        Err(e) => warn!(conn = conn_id, %remote, node, reason = %e, "control connection ended"),
+    }
+}
+
+/// Where the login stands on this connection.
+enum State {
+    /// Authenticated; no login yet (or revoked, and may log in again).
+    AwaitLogin,
+    /// The user is logging in in a browser.
+    Pending {
+        req: Box<LoginRequest>,
+        wait: oneshot::Receiver<Identity>,
+        login_id: String,
+    },
+    /// In the mesh; updates arrive on `rx`.
+    Admitted {
+        node: NodeId,
+        rx: mpsc::Receiver<ServerMsg>,
+    },
+}
+
+struct Session {
+    cp: ControlPlane,
+    conn_id: u64,
+    node: Option<NodeId>,
+    conn: Option<quinn::Connection>,
+    send: Option<quinn::SendStream>,
+}
+
+impl Session {
+    async fn drive(
+        &mut self,
+        incoming: quinn::Incoming,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), End> {
+        let hs = self.cp.inner.cfg.handshake_timeout;
+        let connecting = incoming
+            .accept()
+            .map_err(|e| End::Connection(e.to_string()))?;
+        let conn = timeout(hs, connecting)
+            .await
+            .map_err(|_| End::Timeout("QUIC handshake"))?
+            .map_err(|e| End::Connection(e.to_string()))?;
+        self.conn = Some(conn.clone());
+        let (send, recv) = timeout(hs, conn.accept_bi())
+            .await
+            .map_err(|_| End::Timeout("waiting for the control stream"))?
+            .map_err(|e| End::Connection(e.to_string()))?;
+        self.send = Some(send);
+        let mut reader = FrameReader::new(recv);
+        let first = timeout(hs, reader.next())
+            .await
+            .map_err(|_| End::Timeout("waiting for Hello"))??;
+        let ClientMsg::Hello(hello) = first else {
+            return self
+                .fail(End::Protocol(format!(
+                    "expected Hello, got {}",
+                    msg_name(&first)
+                )))
+                .await;
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return self
+                .fail(End::Protocol(format!(
+                    "protocol version {} is not supported (this coordinator speaks {PROTOCOL_VERSION})",
+                    hello.protocol_version
+                )))
+                .await;
+        }
+        let mut ekm = [0u8; MACHINE_PROOF_LEN];
+        conn.export_keying_material(&mut ekm, MACHINE_PROOF_LABEL, b"")
+            .map_err(|_| End::Connection("TLS exporter unavailable".into()))?;
+        if let Err(e) = proof::verify(&hello.machine_key, &ekm, &hello.proof) {
+            return self.fail(End::Auth(e.to_string())).await;
+        }
+        let mk = hello.machine_key;
+        debug!(conn = self.conn_id, machine_key = %mk, client = %hello.client_version.chars().take(64).collect::<String>(), "machine key proven");
+        self.write(&ServerMsg::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            coordinator_key: self.cp.coordinator_key(),
+            server_time: now(),
+        }))
+        .await?;
+        // Authenticated: no longer counts against the unauthenticated limit.
+        drop(permit);
+        let result = self.serve(mk, &mut reader).await;
+        match result {
+            Err(e @ End::Protocol(_)) => self.fail(e).await,
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self, mk: MachinePublicKey, reader: &mut FrameReader) -> Result<(), End> {
+        let mut state = State::AwaitLogin;
+        loop {
+            state = match state {
+                State::AwaitLogin => match reader.next().await? {
+                    ClientMsg::Login(req) => self.login(mk, req).await?,
+                    ClientMsg::Logout => return Ok(()),
+                    other => {
+                        return Err(End::Protocol(format!(
+                            "{} before a successful Login",
+                            msg_name(&other)
+                        )))
+                    }
+                },
+                State::Pending {
+                    req,
+                    mut wait,
+                    login_id,
+                } => {
+                    tokio::select! {
+                        msg = reader.next() => {
+                            self.cp.inner.logins.forget(&login_id);
+                            match msg? {
+                                ClientMsg::Logout => return Ok(()),
+                                other => return Err(End::Protocol(format!(
+                                    "{} while the interactive login is pending", msg_name(&other)))),
+                            }
+                        }
+                        identity = &mut wait => match identity {
+                            Ok(identity) => {
+                                let step = self.cp.finish_login(self.conn_id, mk, &req, identity).await;
+                                self.step(step).await?
+                            }
+                            Err(_) => {
+                                self.write(&ServerMsg::Refused { reasons: vec!["the login expired".into()] }).await?;
+                                State::AwaitLogin
+                            }
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(super::login::LOGIN_TTL_MS)) => {
+                            self.cp.inner.logins.forget(&login_id);
+                            self.write(&ServerMsg::Refused { reasons: vec!["the login was not completed in time".into()] }).await?;
+                            State::AwaitLogin
+                        }
+                    }
+                }
+                State::Admitted { node, mut rx } => {
+                    tokio::select! {
+                        out = rx.recv() => match out {
+                            Some(msg) => {
+                                let revoked = matches!(msg, ServerMsg::Revoked { .. });
+                                self.write(&msg).await?;
+                                if revoked {
+                                    // Back to the start: the device may log in again.
+                                    self.node = None;
+                                    State::AwaitLogin
+                                } else {
+                                    State::Admitted { node, rx }
+                                }
+                            }
+                            None => return Err(End::Replaced),
+                        },
+                        msg = reader.next() => {
+                            match msg? {
+                                ClientMsg::Renew(r) => self.cp.renew(node, self.conn_id, r).await,
+                                ClientMsg::PostureReport(p) => self.cp.posture_report(node, self.conn_id, p).await,
+                                ClientMsg::Endpoints(e) => self.cp.endpoints(node, self.conn_id, e),
+                                ClientMsg::FlowLog(events) => {
+                                    debug!(node = %node, events = events.len(), "flow log batch");
+                                }
+                                ClientMsg::Logout => {
+                                    self.cp.logout(node, self.conn_id).await;
+                                    // Deliver what is queued (the `Revoked`), then end.
+                                    while let Ok(m) = rx.try_recv() {
+                                        self.write(&m).await?;
+                                    }
+                                    return Ok(());
+                                }
+                                other => return Err(End::Protocol(format!(
+                                    "{} from an admitted device", msg_name(&other)))),
+                            }
+                            State::Admitted { node, rx }
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    async fn login(&mut self, mk: MachinePublicKey, req: LoginRequest) -> Result<State, End> {
+        let step = self.cp.login(self.conn_id, mk, &req).await;
+        match step {
+            LoginStep::Interactive {
+                login_id,
+                url,
+                wait,
+            } => {
+                self.write(&ServerMsg::LoginUrl { url }).await?;
+                Ok(State::Pending {
+                    req: Box::new(req),
+                    wait,
+                    login_id,
+                })
+            }
+            other => self.step(other).await,
+        }
+    }
+
+    async fn step(&mut self, step: LoginStep) -> Result<State, End> {
+        match step {
+            LoginStep::Refused(reasons) => {
+                self.write(&ServerMsg::Refused { reasons }).await?;
+                Ok(State::AwaitLogin)
+            }
+            LoginStep::Admitted { node, rx } => {
+                self.node = Some(node);
+                Ok(State::Admitted { node, rx })
+            }
+            LoginStep::Interactive { .. } => Err(End::Protocol(
+                "a second interactive login was required".into(),
+            )),
+        }
+    }
+
+    async fn write(&mut self, msg: &ServerMsg) -> Result<(), End> {
+        let frame = wire::encode_frame(msg).map_err(|e| End::Protocol(e.to_string()))?;
+        let send = self
+            .send
+            .as_mut()
+            .ok_or(End::Connection("no stream".into()))?;
+        timeout(WRITE_TIMEOUT, send.write_all(&frame))
+            .await
+            .map_err(|_| End::Timeout("client does not read"))?
+            .map_err(|e| End::Connection(e.to_string()))
+    }
+
+    /// Tell the client why (best effort, briefly), then end with `e`.
+    async fn fail(&mut self, e: End) -> Result<(), End> {
+        let message = e.to_string();
+        if let Some(send) = self.send.as_mut() {
+            if let Ok(frame) = wire::encode_frame(&ServerMsg::Error { message }) {
+                let _ = timeout(Duration::from_millis(500), async {
+                    send.write_all(&frame).await.ok()?;
+                    send.finish().ok()?;
+                    send.stopped().await.ok()
+                })
+                .await;
+            }
+        }
+        Err(e)
+    }
+}
