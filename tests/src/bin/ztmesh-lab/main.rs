@@ -1,0 +1,91 @@
+//! `ztmesh-lab`: the small tools the lab runs inside its hosts: an echo/HTTP service, probes
+//! that report ok / refused / timeout as one JSON line, and a held connection that reports
+//! when it is cut. Every mode ends by itself within its time limit.
+
+mod hold;
+mod probe;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ztmesh network lab tools (run inside lab namespaces)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo service: TCP lines are echoed (an HTTP GET gets a small page), UDP datagrams are
+    /// echoed ("whoami" is answered with the sender's address as seen here).
+    Serve {
+        #[arg(long, default_value = "service")]
+        name: String,
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// One probe; prints {"result":"ok"|"refused"|"timeout"|"no-reply"|"error",...}.
+    Probe {
+        #[arg(value_enum)]
+        proto: probe::Proto,
+        addr: String,
+        #[arg(long, default_value = "ping")]
+        send: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Connects and echoes every 50 ms; prints "connected", then "cut" when no echo came back
+    /// for `cut_after_ms`, or "still-open" at `max_secs`.
+    Hold {
+        addr: String,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 300)]
+        cut_after_ms: u64,
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+}
+
+/// Milliseconds since the Unix epoch, comparable with the test's clock.
+pub fn now_ms() -> u64 {
+    ztmesh_tests::now_ms()
+}
+
+/// Prints one JSON event line and flushes it (the lab reads the log while we run).
+pub fn emit(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            name,
+            tcp,
+            udp,
+            max_secs,
+        } => serve::run(&name, &tcp, &udp, max_secs),
+        Cmd::Probe {
+            proto,
+            addr,
+            send,
+            timeout_ms,
+        } => probe::run(proto, &addr, &send, timeout_ms),
+        Cmd::Hold {
+            addr,
+            interval_ms,
+            cut_after_ms,
+            max_secs,
+        } => hold::run(&addr, interval_ms, cut_after_ms, max_secs),
+    }
+}

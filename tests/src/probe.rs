@@ -1,0 +1,189 @@
+//! Test services and probes run inside lab hosts through the `ztmesh-lab` tool: an echo/HTTP
+//! service, one-shot TCP/UDP probes (ok / refused / timeout), and a held connection that
+//! reports the moment it is cut.
+
+use crate::{wait, Lab, LabError, Process};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// What a one-shot probe saw.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum ProbeOutcome {
+    /// Connected and got the echo (or UDP reply) back; `ms` = connect to reply.
+    Ok { ms: u64, reply: String },
+    /// Actively refused (RST / ICMP unreachable).
+    Refused,
+    /// No answer at all within the timeout (dropped).
+    Timeout,
+    /// Connected but no data came back within the timeout.
+    NoReply,
+    /// Anything else (unreachable network, reset mid-way, ...).
+    Error { message: String },
+}
+
+impl ProbeOutcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, ProbeOutcome::Ok { .. })
+    }
+}
+
+/// One event line of `ztmesh-lab hold`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum HoldEvent {
+    Connected {
+        at_ms: u64,
+    },
+    /// The connection stopped carrying data: `last_ok_ms` is the last echo received,
+    /// `at_ms` when the tool gave up on it.
+    Cut {
+        last_ok_ms: u64,
+        at_ms: u64,
+        reason: String,
+    },
+    /// Still carrying data when the tool's own time limit ended.
+    StillOpen {
+        at_ms: u64,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// A long-lived connection held open by `ztmesh-lab hold` on a lab host.
+#[derive(Debug)]
+pub struct HoldHandle {
+    pub process: Process,
+}
+
+impl HoldHandle {
+    /// The events printed so far.
+    pub fn events(&self) -> Vec<HoldEvent> {
+        parse_lines(&self.process.log())
+    }
+
+    /// Whether the connection is established and not (yet) cut.
+    pub fn is_open(&self) -> bool {
+        let ev = self.events();
+        ev.iter().any(|e| matches!(e, HoldEvent::Connected { .. }))
+            && !ev.iter().any(|e| !matches!(e, HoldEvent::Connected { .. }))
+    }
+
+    /// Waits for the cut; returns (last successful echo, detection time) in Unix ms.
+    pub fn wait_cut(&self, timeout: Duration) -> Result<(u64, u64), LabError> {
+        wait::until("the held connection to be cut", timeout, || {
+            self.events().into_iter().find_map(|e| match e {
+                HoldEvent::Cut {
+                    last_ok_ms, at_ms, ..
+                } => Some(Ok((last_ok_ms, at_ms))),
+                HoldEvent::StillOpen { .. } => Some(Err(LabError::Setup(
+                    "held connection outlived its time limit without being cut".into(),
+                ))),
+                HoldEvent::Failed { message } => Some(Err(LabError::Setup(message))),
+                HoldEvent::Connected { .. } => None,
+            })
+        })?
+    }
+}
+
+fn parse_lines<T: for<'de> Deserialize<'de>>(text: &str) -> Vec<T> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl Lab {
+    /// Starts the echo/HTTP service on `host` listening on the given TCP and UDP ports (all
+    /// addresses, so also on overlay addresses once they exist); returns when it listens.
+    pub fn serve(
+        &self,
+        host: &str,
+        name: &str,
+        tcp: &[u16],
+        udp: &[u16],
+    ) -> Result<Process, LabError> {
+        let mut args = vec!["serve".to_string(), "--name".into(), name.to_string()];
+        for p in tcp {
+            args.extend(["--tcp".into(), p.to_string()]);
+        }
+        for p in udp {
+            args.extend(["--udp".into(), p.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = self.spawn(host, name, &Lab::tool()?, &args)?;
+        p.wait_for_log("{\"event\":\"ready\"", Duration::from_secs(10))?;
+        Ok(p)
+    }
+
+    /// One TCP connection from `from` to `addr` ("IP:PORT"): sends a line, expects it back.
+    pub fn probe_tcp(
+        &self,
+        from: &str,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, LabError> {
+        self.probe(from, &["probe", "tcp", addr], timeout)
+    }
+
+    /// One UDP datagram `payload` from `from` to `addr`; the reply, if any.
+    pub fn probe_udp(
+        &self,
+        from: &str,
+        addr: &str,
+        payload: &str,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, LabError> {
+        self.probe(from, &["probe", "udp", addr, "--send", payload], timeout)
+    }
+
+    fn probe(
+        &self,
+        from: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, LabError> {
+        let ms = timeout.as_millis().to_string();
+        let mut full = args.to_vec();
+        full.extend(["--timeout-ms", &ms]);
+        let out = self.exec(
+            from,
+            &Lab::tool()?,
+            &full,
+            timeout + Duration::from_secs(10),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_lines::<ProbeOutcome>(&text)
+            .pop()
+            .ok_or_else(|| LabError::Setup(format!("probe printed no result: {text}")))
+    }
+
+    /// Opens a connection from `from` to the echo service at `addr` and keeps it carrying a
+    /// small echo every 50 ms (for at most `max`); returns once it is established.
+    pub fn hold(&self, from: &str, addr: &str, max: Duration) -> Result<HoldHandle, LabError> {
+        let secs = max.as_secs().max(1).to_string();
+        let process = self.spawn(
+            from,
+            &format!("hold-{from}"),
+            &Lab::tool()?,
+            &["hold", addr, "--max-secs", &secs],
+        )?;
+        let h = HoldHandle { process };
+        wait::until(
+            "the held connection to open",
+            Duration::from_secs(10),
+            || {
+                let ev = h.events();
+                if ev.iter().any(|e| matches!(e, HoldEvent::Connected { .. })) {
+                    Some(Ok(()))
+                } else {
+                    ev.into_iter()
+                        .next()
+                        .map(|e| Err(LabError::Setup(format!("hold failed: {e:?}"))))
+                }
+            },
+        )??;
+        Ok(h)
+    }
+}
