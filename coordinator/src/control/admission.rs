@@ -5,6 +5,7 @@ use super::core::{merged_posture, NodeState, SessionHandle, OUTBOX};
 use super::deadlines::Kind;
 use super::login::{Identity, Purpose};
 use super::{issue, now, ControlError, ControlPlane};
+use crate::identity::AuthMethod;
 use crate::store::{Decision, DeviceRecord, LoginMethod, NewDevice, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +43,8 @@ struct Owner {
     method: LoginMethod,
     login_expires_at: Option<UnixMillis>,
     refresh_token: Option<String>,
+    /// The IdP's subject, to check that a refresh names the same user (not stored durably).
+    subject: Option<String>,
 }
 
 impl Owner {
@@ -53,6 +56,7 @@ impl Owner {
             method: d.login_method?,
             login_expires_at: d.login_expires_at,
             refresh_token: d.refresh_token.clone(),
+            subject: None,
         })
     }
 }
@@ -86,6 +90,13 @@ fn device_reported(p: &PostureAttrs) -> PostureAttrs {
         .filter(|(k, _)| !k.starts_with(attr::CUSTOM_PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+fn login_method(m: AuthMethod) -> LoginMethod {
+    match m {
+        AuthMethod::LocalTotp => LoginMethod::LocalTotp,
+        AuthMethod::Oidc => LoginMethod::Oidc,
+    }
 }
 
 fn node_subject(id: NodeId) -> String {
@@ -239,6 +250,7 @@ impl ControlPlane {
             method: LoginMethod::PreauthKey,
             login_expires_at: None,
             refresh_token: None,
+            subject: None,
         };
         self.admit(conn, dev, owner, req, &format!("pre-auth key {}", rec.id))
             .await
@@ -282,9 +294,13 @@ impl ControlPlane {
             user: Some(identity.user.clone()),
             groups: identity.groups.clone(),
             tags: vec![],
-            method: identity.method,
+            method: login_method(identity.method),
             login_expires_at: Some(t.saturating_add_ms(reauth.as_millis() as u64)),
-            refresh_token: identity.refresh_token.clone(),
+            refresh_token: identity
+                .refresh_token
+                .as_ref()
+                .map(|r| r.expose().to_owned()),
+            subject: identity.subject.clone(),
         };
         let how = format!("interactive login of user:{}", identity.user);
         self.admit(conn, dev, owner, req, &how).await
@@ -347,6 +363,7 @@ impl ControlPlane {
             method: Some(owner.method),
             login_expires_at: owner.login_expires_at,
             refresh_token: owner.refresh_token.clone(),
+            subject: owner.subject.clone(),
             reauth_url: None,
         };
         let inventory = state.inventory(id);
@@ -775,9 +792,13 @@ impl ControlPlane {
             st.login_expires_at = Some(until);
             st.reauth_url = None;
             st.groups = identity.groups.clone();
-            st.method = Some(identity.method);
-            if identity.refresh_token.is_some() {
-                st.refresh_token = identity.refresh_token.clone();
+            st.method = Some(login_method(identity.method));
+            if let Some(r) = &identity.refresh_token {
+                // Providers rotate refresh tokens: keep the newest.
+                st.refresh_token = Some(r.expose().to_owned());
+            }
+            if identity.subject.is_some() {
+                st.subject = identity.subject.clone();
             }
             let cred = issue::build(
                 &issue::Subject {
@@ -814,7 +835,10 @@ impl ControlPlane {
             self.wake_sweeper();
         }
         let groups = identity.groups.clone();
-        let token = identity.refresh_token.clone();
+        let token = identity
+            .refresh_token
+            .as_ref()
+            .map(|r| r.expose().to_owned());
         let _ = self
             .blocking(move |s| {
                 s.update_device(id, &mut |d| {

@@ -40,6 +40,8 @@ pub struct NodeState {
     pub login_expires_at: Option<UnixMillis>,
     /// OIDC refresh token (a secret; never logged).
     pub refresh_token: Option<String>,
+    /// The IdP's subject of the OIDC login, when known.
+    pub subject: Option<String>,
     /// The re-authentication URL already handed out, if the login session ended.
     pub reauth_url: Option<String>,
 }

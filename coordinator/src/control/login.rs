@@ -1,41 +1,14 @@
 //! Pending interactive logins: unguessable ids handed out in `LoginUrl`s, completed by the web
 //! layer (local account form or OIDC callback) with an [`Identity`].
 
-use crate::store::LoginMethod;
+pub use crate::identity::Identity;
 use base64::Engine as _;
 use rand::RngCore;
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 use ztmesh_common::ids::NodeId;
 use ztmesh_common::time::UnixMillis;
-
-/// Who logged in, as established by the web layer (local account + TOTP, or OIDC).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Login name, e.g. `alice@example.com`.
-    pub user: String,
-    /// Policy groups, e.g. `group:eng`.
-    pub groups: Vec<String>,
-    pub method: LoginMethod,
-    /// OIDC refresh token for later re-verification. A secret: `Debug` does not print it.
-    pub refresh_token: Option<String>,
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("user", &self.user)
-            .field("groups", &self.groups)
-            .field("method", &self.method)
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
 
 /// Where a login stands, for the web layer's status page.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,12 +150,9 @@ mod tests {
     use super::*;
 
     fn ident(user: &str) -> Identity {
-        Identity {
-            user: user.into(),
-            groups: vec![],
-            method: LoginMethod::LocalTotp,
-            refresh_token: Some("secret-token".into()),
-        }
+        let mut i = Identity::local(user, vec![]);
+        i.refresh_token = Some(crate::identity::RefreshToken::new("secret-token"));
+        i
     }
 
     #[test]

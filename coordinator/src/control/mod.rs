@@ -26,6 +26,7 @@ pub use admin::DeviceSummary;
 pub use endpoint::QuicServer;
 pub use login::{Identity, LoginError, LoginStatus};
 
+use crate::identity::{LoginFuture, LoginRejected, LoginSink, RefreshToken};
 use crate::store::{AuditEntry, Decision, Store, StoreError};
 use core::Core;
 use ed25519_dalek::SigningKey;
@@ -83,12 +84,43 @@ pub enum ControlError {
 }
 
 /// Re-verification of an OIDC user with its refresh token, when the login session ends
-/// (implemented by the identity module; a user disabled at the IdP then loses access).
+/// (a user disabled at the IdP then loses access). Implemented for
+/// [`crate::identity::oidc::OidcProvider`]; tests plug in their own.
 pub trait Reverifier: Send + Sync {
     fn refresh<'a>(
         &'a self,
-        refresh_token: &'a str,
+        refresh_token: &'a RefreshToken,
+        subject: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Result<Identity, String>> + Send + 'a>>;
+}
+
+impl Reverifier for crate::identity::oidc::OidcProvider {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a RefreshToken,
+        subject: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<Identity, String>> + Send + 'a>> {
+        Box::pin(async move {
+            crate::identity::oidc::OidcProvider::refresh(self, refresh_token, subject)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Finished logins from the web layer (local account pages, OIDC callback).
+impl LoginSink for ControlPlane {
+    fn login_pending(&self, login_id: &str) -> bool {
+        matches!(self.login_status(login_id), Some(LoginStatus::Pending))
+    }
+
+    fn complete_login<'a>(&'a self, login_id: &'a str, identity: Identity) -> LoginFuture<'a> {
+        Box::pin(async move {
+            ControlPlane::complete_login(self, login_id, identity)
+                .await
+                .map_err(|e| LoginRejected(e.to_string()))
+        })
+    }
 }
 
 /// The control plane. Cheap to clone (an `Arc` inside).

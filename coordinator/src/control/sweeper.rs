@@ -4,6 +4,7 @@
 
 use super::deadlines::Kind;
 use super::{now, ControlPlane, Inner};
+use crate::identity::RefreshToken;
 use crate::store::{Decision, LoginMethod};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -81,7 +82,7 @@ impl ControlPlane {
 
     /// A user device's login session ended.
     async fn login_ended(&self, id: NodeId) {
-        let (method, token) = {
+        let (method, token, subject) = {
             let core = self.core();
             let Some(st) = core.nodes.get(&id) else {
                 return;
@@ -89,7 +90,11 @@ impl ControlPlane {
             if st.login_expires_at.is_some_and(|e| e > now()) {
                 return;
             }
-            (st.method, st.refresh_token.clone())
+            (
+                st.method,
+                st.refresh_token.clone().map(RefreshToken::new),
+                st.subject.clone(),
+            )
         };
         let reverifier = self
             .inner
@@ -98,37 +103,38 @@ impl ControlPlane {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match (method, token, reverifier) {
-            (Some(LoginMethod::Oidc), Some(token), Some(r)) => match r.refresh(&token).await {
-                Ok(identity) => {
-                    let same_user = self
-                        .core()
-                        .nodes
-                        .get(&id)
-                        .is_some_and(|st| st.user.as_deref() == Some(identity.user.as_str()));
-                    if same_user {
-                        info!(node = %id, "login session re-verified with the identity provider");
-                        self.reauth_done(id, identity).await;
-                    } else {
+            (Some(LoginMethod::Oidc), Some(token), Some(r)) => {
+                match r.refresh(&token, subject.as_deref()).await {
+                    Ok(identity) => {
+                        let same_user =
+                            self.core().nodes.get(&id).is_some_and(|st| {
+                                st.user.as_deref() == Some(identity.user.as_str())
+                            });
+                        if same_user {
+                            info!(node = %id, "login session re-verified with the identity provider");
+                            self.reauth_done(id, identity).await;
+                        } else {
+                            self.revoke(
+                                id,
+                                "system",
+                                "re-verification returned a different user".into(),
+                                false,
+                            )
+                            .await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(node = %id, error = %e, "re-verification with the identity provider failed");
                         self.revoke(
                             id,
                             "system",
-                            "re-verification returned a different user".into(),
+                            format!("re-verification with the identity provider failed: {e}"),
                             false,
                         )
                         .await;
                     }
                 }
-                Err(e) => {
-                    warn!(node = %id, error = %e, "re-verification with the identity provider failed");
-                    self.revoke(
-                        id,
-                        "system",
-                        format!("re-verification with the identity provider failed: {e}"),
-                        false,
-                    )
-                    .await;
-                }
-            },
+            }
             _ => self.require_reauth(id).await,
         }
     }
