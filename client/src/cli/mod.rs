@@ -1,0 +1,140 @@
+//! The `ztmesh` command line: `daemon` runs the daemon; every other command talks to it over
+//! the control socket.
+
+mod commands;
+mod render;
+
+use crate::daemon::config::{DaemonOptions, FileConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const DEFAULT_SOCKET: &str = "/run/ztmesh/ztmesh.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ztmesh";
+
+#[derive(Debug, Parser)]
+#[command(name = "ztmesh", version, about = "ztmesh zero-trust mesh client")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long, env = "ZTMESH_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (TUN device, data plane, control session, control socket).
+    Daemon {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Where keys and state are kept.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Name of the TUN device.
+        #[arg(long, default_value = "ztmesh0")]
+        tun: String,
+        /// UDP port of the WireGuard data plane.
+        #[arg(long, default_value_t = 41641)]
+        port: u16,
+        /// Root directory the posture probes read (a fixture directory for tests and demos).
+        #[arg(long, default_value = "/")]
+        posture_root: PathBuf,
+        /// TOML configuration file (control socket group, EDR process names, custom facts).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Join the mesh of a coordinator: prints the login URL and waits, or uses a pre-auth key.
+    Up {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Join URL, ztmesh://HOST:PORT?fp=sha256:HEX
+        #[arg(long)]
+        coordinator: String,
+        /// Pre-auth key (servers, connectors); also read from ZTMESH_AUTH_KEY.
+        #[arg(long, env = "ZTMESH_AUTH_KEY", hide_env_values = true)]
+        auth_key: Option<String>,
+        /// Hostname to register (default: the system hostname).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Give up after this many seconds (0: wait as long as it takes).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+    },
+    /// Leave the mesh.
+    Down {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Show this device, its peers and recently denied flows.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the posture this device would report.
+    Posture {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// ICMP echo to a peer (by name or overlay address) through the tunnel.
+    Ping {
+        #[command(flatten)]
+        socket: SocketArg,
+        peer: String,
+        /// Number of echo requests.
+        #[arg(short = 'c', long, default_value_t = 3)]
+        count: u32,
+    },
+}
+
+/// Process exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    /// `up` was refused (posture or identity); the reasons were printed.
+    pub const REFUSED: i32 = 2;
+    pub const TIMEOUT: i32 = 3;
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Daemon {
+            socket,
+            state_dir,
+            tun,
+            port,
+            posture_root,
+            config,
+        } => {
+            let config = match config {
+                Some(p) => FileConfig::load(&p)?,
+                None => FileConfig::default(),
+            };
+            let opts = DaemonOptions {
+                state_dir,
+                socket: socket.socket,
+                tun_name: tun,
+                listen_port: port,
+                posture_root,
+                config,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::run(opts))?;
+            Ok(exit::OK)
+        }
+        other => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(commands::run(other))
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The coordinator join URL: `ztmesh://HOST:PORT?fp=sha256:HEX`, where HEX is the SHA-256 of
+//! the coordinator's TLS certificate (DER), which the client pins.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinUrl {
+    /// DNS name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// SHA-256 of the coordinator certificate.
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid join URL {url:?}: {why} (expected ztmesh://HOST:PORT?fp=sha256:HEX)")]
+pub struct JoinUrlError {
+    url: String,
+    why: &'static str,
+}
+
+impl JoinUrl {
+    pub fn parse(url: &str) -> Result<Self, JoinUrlError> {
+        let err = |why| JoinUrlError {
+            url: url.to_string(),
+            why,
+        };
+        let rest = url
+            .trim()
+            .strip_prefix("ztmesh://")
+            .ok_or_else(|| err("scheme must be ztmesh://"))?;
+        let (authority, query) = rest
+            .split_once('?')
+            .ok_or_else(|| err("missing ?fp=sha256:..."))?;
+        let authority = authority.trim_end_matches('/');
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, p) = v6.split_once("]:").ok_or_else(|| err("missing port"))?;
+            (h, p)
+        } else {
+            authority
+                .rsplit_once(':')
+                .ok_or_else(|| err("missing port"))?
+        };
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        let port: u16 = port.parse().map_err(|_| err("bad port"))?;
+        let fp_hex = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("fp="))
+            .ok_or_else(|| err("missing fp parameter"))?;
+        let fp_hex = fp_hex
+            .strip_prefix("sha256:")
+            .or_else(|| fp_hex.strip_prefix("sha256%3A"))
+            .ok_or_else(|| err("fingerprint must start with sha256:"))?;
+        let bytes =
+            hex::decode(fp_hex.replace(':', "")).map_err(|_| err("fingerprint is not hex"))?;
+        let fingerprint = bytes
+            .try_into()
+            .map_err(|_| err("fingerprint must be 32 bytes"))?;
+        Ok(JoinUrl {
+            host: host.to_string(),
+            port,
+            fingerprint,
+        })
+    }
+}
+
+impl fmt::Display for JoinUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(
+            f,
+            "ztmesh://{host}:{}?fp=sha256:{}",
+            self.port,
+            hex::encode(self.fingerprint)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_join_urls() {
+        let fp = "ab".repeat(32);
+        let u = JoinUrl::parse(&format!("ztmesh://198.18.0.10:7443?fp=sha256:{fp}")).unwrap();
+        assert_eq!(u.host, "198.18.0.10");
+        assert_eq!(u.port, 7443);
+        assert_eq!(u.fingerprint, [0xab; 32]);
+        assert_eq!(JoinUrl::parse(&u.to_string()).unwrap(), u);
+        let v6 = JoinUrl::parse(&format!("ztmesh://[::1]:7443?fp=sha256:{fp}")).unwrap();
+        assert_eq!(v6.host, "::1");
+        assert_eq!(JoinUrl::parse(&v6.to_string()).unwrap(), v6);
+        for bad in [
+            format!("https://h:1?fp=sha256:{fp}"),
+            format!("ztmesh://h?fp=sha256:{fp}"),
+            "ztmesh://h:1".to_string(),
+            "ztmesh://h:1?fp=sha256:abcd".to_string(),
+            format!("ztmesh://h:1?fp=md5:{fp}"),
+            format!("ztmesh://:1?fp=sha256:{fp}"),
+        ] {
+            assert!(JoinUrl::parse(&bad).is_err(), "{bad}");
+        }
+    }
+}

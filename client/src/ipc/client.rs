@@ -1,0 +1,78 @@
+//! The CLI side of the control socket.
+
+use super::proto::{Reply, Request};
+use std::io;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("the ztmesh daemon is not running (no control socket at {0}); start it with `ztmesh daemon`")]
+    NotRunning(PathBuf),
+    #[error("the ztmesh daemon is not running (stale control socket at {0}); start it with `ztmesh daemon`")]
+    Stale(PathBuf),
+    #[error("permission denied on the control socket {0}: run as root or as a member of the daemon's control group")]
+    Denied(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the daemon closed the connection without an answer")]
+    Closed,
+    #[error("unreadable reply from the daemon: {0}")]
+    BadReply(String),
+}
+
+/// One request in flight.
+pub struct Session {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    path: PathBuf,
+}
+
+/// Connects to the daemon and sends `req`.
+pub async fn send(path: &Path, req: &Request) -> Result<Session, IpcError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => IpcError::NotRunning(path.to_path_buf()),
+            io::ErrorKind::ConnectionRefused => IpcError::Stale(path.to_path_buf()),
+            io::ErrorKind::PermissionDenied => IpcError::Denied(path.to_path_buf()),
+            _ => IpcError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(|e| IpcError::BadReply(e.to_string()))?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| IpcError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(Session {
+        lines: BufReader::new(r).lines(),
+        path: path.to_path_buf(),
+    })
+}
+
+impl Session {
+    /// The next reply; `None` once the daemon has closed the connection.
+    pub async fn next(&mut self) -> Result<Option<Reply>, IpcError> {
+        let line = self.lines.next_line().await.map_err(|e| IpcError::Io {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        match line {
+            None => Ok(None),
+            Some(l) => serde_json::from_str(&l)
+                .map(Some)
+                .map_err(|e| IpcError::BadReply(e.to_string())),
+        }
+    }
+}
+
+/// Sends `req` and returns its single reply.
+pub async fn call(path: &Path, req: &Request) -> Result<Reply, IpcError> {
+    let mut s = send(path, req).await?;
+    s.next().await?.ok_or(IpcError::Closed)
+}
