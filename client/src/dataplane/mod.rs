@@ -1,0 +1,218 @@
+//! The client data plane: a userspace WireGuard mesh that enforces the policy on every packet.
+//!
+//! - [`engine`] + [`view`]: the sans-IO [`Engine`] (WireGuard via boringtun `Tunn` per peer,
+//!   routing, roaming, credential checks, enforcement).
+//! - [`filter`], [`conntrack`], [`flowlog`], [`packet`]: the pieces of enforcement.
+//! - `shell`, `tundev`, `udp`: the tokio I/O shell behind the [`DataPlane`] handle.
+//!
+//! The daemon uses [`start`] and the [`DataPlane`] handle; tests drive the [`Engine`] directly.
+
+pub mod conntrack;
+pub mod engine;
+pub mod filter;
+pub mod flowlog;
+pub mod packet;
+mod shell;
+mod tundev;
+mod udp;
+pub mod view;
+
+pub use engine::{Counters, Engine, EngineConfig, EngineError, EngineEvent, RemovalReason, Sink};
+pub use view::{EngineStatus, OwnStatus, PeerStatus};
+
+use shell::{now_ms, QueueSink, Shared, State};
+use std::sync::{Arc, Mutex};
+use tokio::io::unix::AsyncFd;
+use ztmesh_common::credential::SignedCredential;
+use ztmesh_common::ids::CoordinatorPublicKey;
+use ztmesh_common::netmap::{NetMap, NetMapDelta};
+use ztmesh_common::wire::FlowEvent;
+
+/// How to start the data plane.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// Name of the TUN device to create.
+    pub tun_name: String,
+    /// UDP port for WireGuard; 0 picks a free one (see [`DataPlane::local_port`]).
+    pub listen_port: u16,
+    /// Overlay MTU (normally [`ztmesh_common::addr::OVERLAY_MTU`]).
+    pub mtu: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error(transparent)]
+    Tun(#[from] tundev::TunError),
+    #[error("binding the WireGuard UDP socket: {0}")]
+    Udp(std::io::Error),
+    #[error("starting the data plane thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What `ztmesh status` shows about the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DataPlaneStatus {
+    pub tun_name: String,
+    pub listen_port: u16,
+    #[serde(flatten)]
+    pub engine: EngineStatus,
+}
+
+/// Handle to a running data plane. Cheap calls: each locks the engine briefly.
+pub struct DataPlane {
+    shared: Arc<Shared>,
+    tun_name: String,
+    local_port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Create the TUN device (no address yet), bind the UDP socket, and start the I/O thread.
+pub async fn start(cfg: DataPlaneConfig) -> Result<DataPlane, DataPlaneError> {
+    start_with(cfg, EngineConfig::default())
+}
+
+/// [`start`] with engine tunables.
+pub fn start_with(
+    cfg: DataPlaneConfig,
+    engine_cfg: EngineConfig,
+) -> Result<DataPlane, DataPlaneError> {
+    let engine_cfg = EngineConfig {
+        mtu: cfg.mtu,
+        ..engine_cfg
+    };
+    let dev = tundev::create(&cfg.tun_name, cfg.mtu)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DataPlaneError::Thread)?;
+    let (udp, tun) = {
+        let _guard = rt.enter();
+        let udp = udp::Udp::bind(cfg.listen_port).map_err(DataPlaneError::Udp)?;
+        // SAFETY: the device owns its file descriptor and keeps it open and unchanged until
+        // it is dropped, which happens only when the AsyncFd that owns it is dropped.
+        let tun = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
+            .map_err(|e| DataPlaneError::Tun(std::io::Error::from(e).into()))?;
+        (udp, tun)
+    };
+    let local_port = udp.local_port;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            engine: Engine::new(engine_cfg),
+            deferred: QueueSink::default(),
+            addresses: None,
+            applied_addresses: Vec::new(),
+            shutdown: false,
+        }),
+        kick: tokio::sync::Notify::new(),
+    });
+    let thread = {
+        let shared = shared.clone();
+        let name = cfg.tun_name.clone();
+        std::thread::Builder::new()
+            .name(format!("dataplane-{}", cfg.tun_name))
+            .spawn(move || rt.block_on(shell::run(shared, tun, udp, name)))
+            .map_err(DataPlaneError::Thread)?
+    };
+    tracing::info!(tun = %cfg.tun_name, port = local_port, "data plane started");
+    Ok(DataPlane {
+        shared,
+        tun_name: cfg.tun_name,
+        local_port,
+        thread: Some(thread),
+    })
+}
+
+impl DataPlane {
+    fn with_engine<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut self.shared.lock());
+        self.shared.kick.notify_one();
+        r
+    }
+
+    /// (Re)key: own WireGuard secret, own signed credential and the coordinator key that signs
+    /// every credential. Sets the TUN addresses from the credential. Refused (and nothing
+    /// changes) if the credential is forged, expired or for another key.
+    pub fn set_identity(
+        &self,
+        private_key: x25519_dalek::StaticSecret,
+        own: SignedCredential,
+        coordinator: CoordinatorPublicKey,
+    ) -> Result<(), EngineError> {
+        self.with_engine(|st| {
+            let r =
+                st.engine
+                    .set_identity(now_ms(), private_key, own, coordinator, &mut st.deferred);
+            let addrs = st.engine.own_addresses();
+            if r.is_ok() && addrs != st.applied_addresses {
+                st.addresses = Some(addrs);
+            }
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, "identity refused by the data plane");
+            }
+            r
+        })
+    }
+
+    /// Replace the view (peers are verified by the engine itself).
+    pub fn set_netmap(&self, map: NetMap) {
+        self.with_engine(|st| st.engine.set_netmap(now_ms(), map, &mut st.deferred))
+    }
+
+    /// Apply a view change. Out of order deltas are refused (the engine reports
+    /// [`EngineEvent::NetMapOutOfSync`]; the daemon should then fetch a full map).
+    pub fn apply_delta(&self, delta: NetMapDelta) -> Result<(), EngineError> {
+        self.with_engine(|st| st.engine.apply_delta(now_ms(), delta, &mut st.deferred))
+    }
+
+    /// Revoked or down: drop all peers and the identity; all traffic stops.
+    pub fn clear(&self) {
+        self.with_engine(|st| st.engine.clear(now_ms(), &mut st.deferred))
+    }
+
+    pub fn status(&self) -> DataPlaneStatus {
+        let engine = self.shared.lock().engine.status(now_ms());
+        DataPlaneStatus {
+            tun_name: self.tun_name.clone(),
+            listen_port: self.local_port,
+            engine,
+        }
+    }
+
+    /// Aggregated flow events since the last call, for the coordinator's flow log.
+    pub fn take_flow_events(&self) -> Vec<FlowEvent> {
+        self.shared.lock().engine.take_flow_events()
+    }
+
+    /// Engine events since the last call (peers added/removed, handshakes, expiry).
+    pub fn take_events(&self) -> Vec<EngineEvent> {
+        let mut st = self.shared.lock();
+        std::iter::from_fn(|| st.engine.poll_event()).collect()
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.local_port
+    }
+
+    pub fn tun_name(&self) -> &str {
+        &self.tun_name
+    }
+
+    /// Stop the I/O thread and close the TUN device and socket.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.lock().shutdown = true;
+        self.shared.kick.notify_one();
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
