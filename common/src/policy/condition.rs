@@ -118,6 +118,46 @@ fn attr_type(name: &str) -> Option<AttrType> {
     })
 }
 
+/// Reads an attribute value written on a command line (`--attr node:diskEncrypted=true`):
+/// typed by the attribute for well-known ones (lists comma-separated), guessed for `custom:*`.
+pub fn attr_value_from_str(name: &str, v: &str) -> Result<AttrValue, String> {
+    let Some(ty) = attr_type(name) else {
+        return Err(format!("unknown attribute `{name}`: expected {KNOWN}"));
+    };
+    let num = |v: &str| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(AttrValue::Number)
+            .ok_or_else(|| format!("{name} expects a number, found `{v}`"))
+    };
+    let boolean = |v: &str| match v {
+        "true" => Ok(AttrValue::Bool(true)),
+        "false" => Ok(AttrValue::Bool(false)),
+        _ => Err(format!("{name} expects true or false, found `{v}`")),
+    };
+    match ty {
+        AttrType::Bool => boolean(v),
+        AttrType::Number => num(v),
+        AttrType::Text | AttrType::Version => Ok(AttrValue::String(v.to_string())),
+        AttrType::List => Ok(AttrValue::List(
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )),
+        AttrType::Any => Ok(boolean(v)
+            .or_else(|_| num(v))
+            .unwrap_or_else(|_| AttrValue::String(v.to_string()))),
+    }
+}
+
+/// Whether `name` is an attribute conditions may use.
+pub fn is_known_attr(name: &str) -> bool {
+    attr_type(name).is_some()
+}
+
 const KNOWN: &str = "node:os, node:osVersion, node:kernelVersion, node:clientVersion, \
 node:diskEncrypted, node:firewall, node:secureBoot, node:edr, node:lastUpdateDays, \
 node:postureSource or custom:NAME";

@@ -259,7 +259,7 @@ impl Explanation {
     }
 }
 
-fn resolve_query(
+pub(super) fn resolve_query(
     policy: &Policy,
     q: &Query,
 ) -> Result<(Principal, Principal, Option<u16>), String> {

@@ -264,6 +264,12 @@ impl Policy {
         eval::explain(self, query)
     }
 
+    /// Checks that a query's source and destination name things this policy declares
+    /// (`explain` reports such problems as a deny; the CLI reports them as errors).
+    pub fn check_query(&self, query: &Query) -> Result<(), String> {
+        eval::resolve_query(self, query).map(|_| ())
+    }
+
     /// The postures (name and conditions), in file order.
     pub fn postures(&self) -> &[PostureDef] {
         &self.postures

@@ -699,7 +699,7 @@ fn tests(cx: &mut Ctx, v: &Value, names: &Names<'_>) -> Vec<PolicyTest> {
         let mut src_attrs = PostureAttrs::new();
         if let Some(a) = f.get("srcPostureAttrs") {
             for m in cx.object(a, &format!("{what}.srcPostureAttrs")) {
-                let known = condition::parse(&format!("{} IS SET", m.key)).is_ok();
+                let known = condition::is_known_attr(&m.key);
                 if !known {
                     cx.err(m.key_pos, format!("{what}.srcPostureAttrs: unknown attribute `{}`: expected node:NAME or custom:NAME", m.key));
                     continue;
@@ -761,26 +761,11 @@ fn test_dst(s: &str, names: &Names<'_>, proto: u8) -> Result<(), (usize, String)
 
 /// Splits a test or query destination into its target and single port.
 pub(super) fn parse_test_dst(s: &str, proto: u8) -> Result<(&str, Option<u16>), String> {
-    let needs_port = proto::has_ports(proto);
-    let split = target::split_target_ports(s);
-    let (t, ports) = match split {
-        Ok(x) => x,
-        Err(e) => {
-            if needs_port {
-                return Err(e);
-            }
-            return Ok((s, None));
-        }
-    };
-    if !needs_port {
-        if ports == "*" {
-            return Ok((t, None));
-        }
-        return Err(format!(
-            "`{s}`: protocol {} has no ports: expected TARGET or TARGET:*",
-            target::proto_name(proto)
-        ));
+    if !proto::has_ports(proto) {
+        // No ports: `TARGET` or `TARGET:*`.
+        return Ok((s.strip_suffix(":*").unwrap_or(s), None));
     }
+    let (t, ports) = target::split_target_ports(s)?;
     match target::parse_ports(ports) {
         Ok(r) if r.len() == 1 && r[0].first == r[0].last => Ok((t, Some(r[0].first))),
         Ok(_) => Err(format!("`{s}`: expected one port, e.g. {t}:443")),
