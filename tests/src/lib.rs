@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod error;
+pub mod idp;
 pub mod lab;
 pub mod netns;
 pub mod probe;
@@ -14,8 +15,9 @@ pub mod process;
 pub mod wait;
 
 pub use error::LabError;
+pub use idp::{Idp, IdpUser};
 pub use lab::{Host, Lab, LabBuilder, Site};
-pub use probe::{HoldHandle, ProbeOutcome};
+pub use probe::{BrowseOutcome, HoldHandle, ProbeOutcome};
 pub use process::Process;
 
 /// Milliseconds since the Unix epoch; the lab's processes print times in this unit so that a

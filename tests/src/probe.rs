@@ -187,3 +187,49 @@ impl Lab {
         Ok(h)
     }
 }
+
+/// What a headless login ended with.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum BrowseOutcome {
+    /// The last page reached without a login form on it.
+    Ok {
+        final_url: String,
+        page: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl Lab {
+    /// Headless login from host `from`: opens `url`, takes the SSO link if `sso`, and fills
+    /// the login form(s) with `user`'s password and current TOTP code.
+    pub fn browse(
+        &self,
+        from: &str,
+        url: &str,
+        user: &crate::IdpUser,
+        sso: bool,
+    ) -> Result<BrowseOutcome, LabError> {
+        let mut args = vec![
+            "browse",
+            url,
+            "--user",
+            &user.login,
+            "--password",
+            &user.password,
+        ];
+        if let Some(t) = &user.totp_secret {
+            args.extend(["--totp-secret", t]);
+        }
+        if sso {
+            args.push("--sso");
+        }
+        let out = self.exec(from, &Lab::tool()?, &args, Duration::from_secs(60))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_lines::<BrowseOutcome>(&text)
+            .pop()
+            .ok_or_else(|| LabError::Setup(format!("browse printed no result: {text}")))
+    }
+}

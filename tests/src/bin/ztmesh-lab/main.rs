@@ -2,6 +2,7 @@
 //! that report ok / refused / timeout as one JSON line, and a held connection that reports
 //! when it is cut. Every mode ends by itself within its time limit.
 
+mod browse;
 mod hold;
 mod probe;
 mod serve;
@@ -39,6 +40,19 @@ enum Cmd {
         send: String,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Headless login: follow redirects and fill the login form(s) from URL on.
+    Browse {
+        url: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        totp_secret: Option<String>,
+        /// Take the "Sign in with SSO" link of the coordinator's login page.
+        #[arg(long)]
+        sso: bool,
     },
     /// Connects and echoes every 50 ms; prints "connected", then "cut" when no echo came back
     /// for `cut_after_ms`, or "still-open" at `max_secs`.
@@ -81,6 +95,19 @@ fn main() {
             send,
             timeout_ms,
         } => probe::run(proto, &addr, &send, timeout_ms),
+        Cmd::Browse {
+            url,
+            user,
+            password,
+            totp_secret,
+            sso,
+        } => browse::run(browse::Login {
+            url,
+            user,
+            password,
+            totp_secret,
+            sso,
+        }),
         Cmd::Hold {
             addr,
             interval_ms,
