@@ -207,6 +207,27 @@ async fn id_token_from_another_issuer_is_refused() {
 }
 
 #[tokio::test]
+async fn rp_follows_a_signing_key_rotation_at_the_idp() {
+    let (listener, base) = rp_listener().await;
+    let clients = json!([client("ztmesh", &base)]);
+    let idp = Idp::start(clients.clone(), users());
+    let issuer = idp.issuer.clone();
+    let rp = rp_serve(listener, rp_config(&issuer, "ztmesh", &base)).await;
+    let port = idp.port();
+    drop(idp);
+    // Same issuer URL, a new signing key under a new key id: the RP's cached JWKS lacks it,
+    // so it fetches the keys again and the sign-in passes.
+    let idp = Idp::start_on(clients, users(), port);
+    assert_eq!(idp.issuer, issuer);
+    let otp = totp_now(ALICE_TOTP);
+    let page = sign_in(&rp.base, LOGIN_A, "alice", "alice-pw", &otp, false)
+        .await
+        .expect("not stopped");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(rp.completed.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn code_from_a_second_provider_is_refused() {
     // Provider B: same client id and redirect, its own keys and sessions. Its code cannot be
     // redeemed at provider A, which the RP is pinned to.

@@ -58,6 +58,11 @@ pub struct Idp {
 impl Idp {
     /// Starts the IdP with the given clients and users (JSON values as in tests/idp/README.md).
     pub fn start(clients: Value, users: Value) -> Idp {
+        Self::start_on(clients, users, 0)
+    }
+
+    /// Starts the IdP on a given port (0: any free one).
+    pub fn start_on(clients: Value, users: Value, port: u16) -> Idp {
         ensure_node_modules();
         let dir = tempfile::tempdir().unwrap();
         let clients_path = dir.path().join("clients.json");
@@ -69,7 +74,13 @@ impl Idp {
         let log = dir.path().join("idp.log");
         let mut child = Command::new("node")
             .arg(idp_dir().join("server.mjs"))
-            .args(["--host", "127.0.0.1", "--port", "0", "--clients"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--clients",
+            ])
             .arg(&clients_path)
             .arg("--users")
             .arg(&users_path)
@@ -105,6 +116,10 @@ impl Idp {
             dir,
             log,
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        Url::parse(&self.issuer).unwrap().port().unwrap()
     }
 
     pub fn log(&self) -> String {

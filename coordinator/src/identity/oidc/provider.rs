@@ -1,20 +1,21 @@
 //! The relying party itself: one discovered provider, its pending sign-ins, and the token
 //! checks.
 
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
-    CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
     CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::url::Url;
 use openidconnect::{
     reqwest, AdditionalClaims, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpClientError,
-    IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, NonceVerifier, OAuth2TokenResponse,
-    PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
     StandardTokenResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::claims::{check_mfa, map_groups, user_name};
 use super::pending::{Pending, PendingLogins};
-use super::{OidcConfig, OidcError};
+use super::{ClaimsVerificationError, OidcConfig, OidcError};
 use crate::identity::{AuthMethod, Identity, RefreshToken};
 
 /// Every ID token claim beyond the standard ones (the groups claim name is configurable, so
@@ -75,10 +76,19 @@ pub struct VerifiedLogin {
     pub identity: Identity,
 }
 
+/// The IdP's keys are fetched again at most this often when a token names a key id we do
+/// not know (key rotation), so forged key ids cannot make us hammer the IdP.
+const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
 /// One discovered OpenID provider and this coordinator's registration at it.
 pub struct OidcProvider {
     config: OidcConfig,
-    client: RpClient,
+    metadata: CoreProviderMetadata,
+    client_secret: Option<ClientSecret>,
+    /// Rebuilt (with fresh JWKS) when the IdP rotates its signing key.
+    client: RwLock<Arc<RpClient>>,
+    /// When the JWKS was last fetched again after discovery.
+    jwks_refetched: Mutex<Option<Instant>>,
     http: reqwest::Client,
     issuer: IssuerUrl,
     pending: PendingLogins,
@@ -139,6 +149,19 @@ fn token_error(err: TokenError) -> OidcError {
     }
 }
 
+fn build_client(
+    config: &OidcConfig,
+    metadata: CoreProviderMetadata,
+    secret: Option<ClientSecret>,
+) -> Result<RpClient, OidcError> {
+    let redirect = RedirectUrl::new(config.redirect_uri())
+        .map_err(|e| OidcError::Config(format!("redirect_base: {e}")))?;
+    Ok(
+        Client::from_provider_metadata(metadata, ClientId::new(config.client_id.clone()), secret)
+            .set_redirect_uri(redirect),
+    )
+}
+
 /// Login ids come from the control plane (random, URL-safe); anything else is refused before
 /// it reaches a log line or the state table.
 fn valid_login_id(id: &str) -> bool {
@@ -164,23 +187,61 @@ impl OidcProvider {
         let secret = config
             .load_client_secret()?
             .map(|s| ClientSecret::new(s.expose().to_string()));
-        let redirect = RedirectUrl::new(config.redirect_uri())
-            .map_err(|e| OidcError::Config(format!("redirect_base: {e}")))?;
-        let client: RpClient = Client::from_provider_metadata(
-            metadata,
-            ClientId::new(config.client_id.clone()),
-            secret,
-        )
-        .set_redirect_uri(redirect);
+        let client = build_client(&config, metadata.clone(), secret.clone())?;
         tracing::info!(issuer = %config.issuer, client_id = %config.client_id, "OIDC provider discovered");
         let pending = PendingLogins::new(Duration::from_secs(config.login_timeout_secs));
         Ok(Self {
             config,
-            client,
+            metadata,
+            client_secret: secret,
+            client: RwLock::new(Arc::new(client)),
+            jwks_refetched: Mutex::new(None),
             http,
             issuer,
             pending,
         })
+    }
+
+    fn client(&self) -> Arc<RpClient> {
+        self.client.read().expect("client lock poisoned").clone()
+    }
+
+    /// Fetches the IdP's JWKS again and rebuilds the client with it, unless that was done
+    /// less than [`JWKS_REFETCH_MIN_INTERVAL`] ago. Returns whether the keys were refreshed.
+    async fn refetch_jwks(&self) -> Result<bool, OidcError> {
+        {
+            let mut last = self.jwks_refetched.lock().expect("jwks lock poisoned");
+            if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_MIN_INTERVAL) {
+                return Ok(false);
+            }
+            *last = Some(Instant::now());
+        }
+        let jwks = CoreJsonWebKeySet::fetch_async(self.metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| OidcError::Transport(format!("fetching the IdP's keys: {}", chain(&e))))?;
+        let metadata = self.metadata.clone().set_jwks(jwks);
+        let client = build_client(&self.config, metadata, self.client_secret.clone())?;
+        *self.client.write().expect("client lock poisoned") = Arc::new(client);
+        tracing::info!(issuer = %self.config.issuer, "OIDC signing keys fetched again (unknown key id)");
+        Ok(true)
+    }
+
+    /// Verifies the response's ID token; if it names a key id the cached JWKS lacks (the IdP
+    /// rotated its key), fetches the JWKS once and verifies again.
+    async fn verify(
+        &self,
+        response: &RpTokenResponse,
+        nonce: Option<&Nonce>,
+        expected_subject: Option<&str>,
+    ) -> Result<Identity, OidcError> {
+        match self.identity_from(&self.client(), response, nonce, expected_subject) {
+            Err(OidcError::IdToken(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ))) if self.refetch_jwks().await? => {
+                self.identity_from(&self.client(), response, nonce, expected_subject)
+            }
+            other => other,
+        }
     }
 
     pub fn config(&self) -> &OidcConfig {
@@ -199,8 +260,8 @@ impl OidcProvider {
             return Err(OidcError::InvalidLoginId);
         }
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let mut request = self
-            .client
+        let client = self.client();
+        let mut request = client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
                 CsrfToken::new_random,
@@ -258,14 +319,14 @@ impl OidcProvider {
             }
         }
         let response = self
-            .client
+            .client()
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?
             .set_pkce_verifier(pending.pkce_verifier)
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
-        let identity = self.identity_from(&response, &pending.nonce, None)?;
+        let identity = self.verify(&response, Some(&pending.nonce), None).await?;
         tracing::info!(
             login_id = %pending.login_id,
             user = %identity.user,
@@ -289,7 +350,7 @@ impl OidcProvider {
     ) -> Result<Identity, OidcError> {
         let token = openidconnect::RefreshToken::new(refresh_token.expose().to_string());
         let response = self
-            .client
+            .client()
             .exchange_refresh_token(&token)
             .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?
             .request_async(&self.http)
@@ -300,7 +361,7 @@ impl OidcProvider {
             })?;
         // A refreshed ID token carries no new nonce (OIDC Core 12.2): it is not checked here;
         // signature, iss, aud and exp are.
-        let mut identity = self.identity_from(&response, |_: Option<&Nonce>| Ok(()), subject)?;
+        let mut identity = self.verify(&response, None, subject).await?;
         if identity.refresh_token.is_none() {
             identity.refresh_token = Some(refresh_token.clone());
         }
@@ -310,18 +371,21 @@ impl OidcProvider {
 
     fn identity_from(
         &self,
+        client: &RpClient,
         response: &RpTokenResponse,
-        nonce: impl NonceVerifier,
+        nonce: Option<&Nonce>,
         expected_subject: Option<&str>,
     ) -> Result<Identity, OidcError> {
         let id_token = response
             .extra_fields()
             .id_token()
             .ok_or(OidcError::NoIdToken)?;
-        let verifier = self.client.id_token_verifier();
-        let claims: &RpClaims = id_token
-            .claims(&verifier, nonce)
-            .map_err(OidcError::IdToken)?;
+        let verifier = client.id_token_verifier();
+        let claims: &RpClaims = match nonce {
+            Some(nonce) => id_token.claims(&verifier, nonce),
+            None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+        }
+        .map_err(OidcError::IdToken)?;
         let subject = claims.subject().as_str().to_string();
         if let Some(expected) = expected_subject {
             if expected != subject {
