@@ -98,6 +98,22 @@ async fn password_only_login_passes_when_mfa_is_not_required() {
 }
 
 #[tokio::test]
+async fn unverified_email_does_not_name_a_user() {
+    let (listener, base) = rp_listener().await;
+    let users = json!({"users": [{"login": "eve", "password": "eve-pw", "totp_secret": ALICE_TOTP,
+        "email": "alice@example.test", "email_verified": false}]});
+    let idp = Idp::start(json!([client("ztmesh", &base)]), users);
+    let rp = rp_serve(listener, rp_config(&idp.issuer, "ztmesh", &base)).await;
+    let otp = totp_now(ALICE_TOTP);
+    let page = sign_in(&rp.base, LOGIN_A, "eve", "eve-pw", &otp, false)
+        .await
+        .expect("not stopped");
+    assert_eq!(page.status, 401, "{page:?}");
+    assert!(page.body.contains("not verified"), "{}", page.body);
+    assert!(rp.completed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn control_plane_refusal_is_shown() {
     let (listener, base) = rp_listener().await;
     let idp = Idp::start(json!([client("ztmesh", &base)]), users());

@@ -56,6 +56,7 @@ function loadUsers() {
       password: u.password,
       totpSecret: u.totp_secret || null,
       email: u.email || `${u.login}@example.test`,
+      emailVerified: u.email_verified !== false,
       name: u.name || u.login,
       groups: Array.isArray(u.groups) ? u.groups : [],
       disabled: Boolean(u.disabled),
@@ -178,7 +179,7 @@ const provider = new Provider(issuer, {
         return {
           sub: user.login,
           email: user.email,
-          email_verified: true,
+          email_verified: user.emailVerified,
           name: user.name,
           preferred_username: user.login,
           groups: user.groups,

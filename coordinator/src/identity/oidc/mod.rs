@@ -49,6 +49,8 @@ pub enum OidcError {
          sign in with a second factor"
     )]
     MfaRequired { amr: Vec<String> },
+    #[error("the identity provider says the email address is not verified")]
+    EmailNotVerified,
     #[error("the ID token lacks the '{0}' claim")]
     MissingClaim(String),
     #[error("the refreshed ID token names subject {got}, expected {expected}")]

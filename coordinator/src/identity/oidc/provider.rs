@@ -417,6 +417,10 @@ impl OidcProvider {
         lookup
             .entry("sub")
             .or_insert(Value::String(subject.clone()));
+        // An unverified email must not name a user: anyone could register it at some IdPs.
+        if self.config.user_claim == "email" && claims.email_verified() == Some(false) {
+            return Err(OidcError::EmailNotVerified);
+        }
         let user = user_name(&lookup, &self.config)?;
         let groups = map_groups(lookup.get(&self.config.groups_claim), &self.config);
         Ok(Identity {
