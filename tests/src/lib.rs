@@ -9,9 +9,11 @@ pub mod bins;
 pub mod error;
 pub mod idp;
 pub mod lab;
+pub mod mesh;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod story;
 pub mod wait;
 
 pub use error::LabError;
