@@ -134,7 +134,11 @@ impl ViewCompiler {
     pub fn new(policy: Arc<Policy>) -> Self {
         let index = RuleIndex::build(&policy);
         let rules = (0..policy.rules.len())
-            .map(|_| RuleState::default())
+            .map(|r| RuleState {
+                // Raw source prefixes apply before any node joins.
+                src_nets: Arc::new(index.raw_src[r].clone()),
+                ..RuleState::default()
+            })
             .collect();
         ViewCompiler {
             policy,
