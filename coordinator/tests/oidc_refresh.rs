@@ -108,3 +108,59 @@ async fn wrong_client_secret_is_refused_at_the_token_endpoint() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn idp_outage_during_refresh_is_not_a_refusal() {
+    let (listener, base) = rp_listener().await;
+    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
+    let rp = rp_serve(listener, rp_config(&idp.issuer, "ztmesh", &base)).await;
+    let page = sign_in(
+        &rp.base,
+        "login-outage-0001",
+        "alice",
+        "alice-pw",
+        &totp_now(ALICE_TOTP),
+        false,
+    )
+    .await
+    .expect("not stopped");
+    assert_eq!(page.status, 200, "{page:?}");
+    let first = rp.completed.lock().unwrap()[0].1.clone();
+    // Public client: the provider rotates the refresh token on every use.
+    let again = rp
+        .provider
+        .refresh(
+            first.refresh_token.as_ref().unwrap(),
+            first.subject.as_deref(),
+        )
+        .await
+        .expect("refresh");
+    assert_ne!(again.refresh_token, first.refresh_token, "rotated");
+    let err = rp
+        .provider
+        .refresh(
+            first.refresh_token.as_ref().unwrap(),
+            first.subject.as_deref(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_refusal(),
+        "a used, rotated refresh token is refused: {err:?}"
+    );
+
+    drop(idp);
+    let err = rp
+        .provider
+        .refresh(
+            again.refresh_token.as_ref().unwrap(),
+            first.subject.as_deref(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OidcError::Transport(_)), "{err:?}");
+    assert!(
+        !err.is_refusal(),
+        "an unreachable IdP must not end sessions: {err}"
+    );
+}

@@ -38,6 +38,8 @@ pub enum OidcError {
     Provider(String),
     #[error("could not reach the identity provider: {0}")]
     Transport(String),
+    #[error("the identity provider answered unexpectedly: {0}")]
+    BadResponse(String),
     #[error("the identity provider refused the token request: {0}")]
     TokenRequest(String),
     #[error("the identity provider returned no ID token")]
@@ -60,14 +62,16 @@ pub enum OidcError {
 }
 
 impl OidcError {
-    /// Whether the fault lies with the sign-in itself (as opposed to reaching the IdP), for
-    /// HTTP status codes and logs.
+    /// Whether the fault lies with the user or the token (as opposed to reaching the IdP or
+    /// our configuration). Re-verification should end a session only on a refusal and retry
+    /// later otherwise, so that an IdP outage does not cut every OIDC user off.
     pub fn is_refusal(&self) -> bool {
         !matches!(
             self,
             OidcError::Config(_)
                 | OidcError::Discovery { .. }
                 | OidcError::Transport(_)
+                | OidcError::BadResponse(_)
                 | OidcError::TooManyPending
         )
     }

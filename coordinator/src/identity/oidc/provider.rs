@@ -145,7 +145,9 @@ fn token_error(err: TokenError) -> OidcError {
             OidcError::TokenRequest(text)
         }
         RequestTokenError::Request(e) => OidcError::Transport(chain(&e)),
-        other => OidcError::TokenRequest(chain(&other)),
+        // An unparseable answer (an HTML error page from a proxy, a 5xx) says nothing about the
+        // user: it is not a refusal.
+        other => OidcError::BadResponse(chain(&other)),
     }
 }
 

@@ -111,7 +111,9 @@ fn error_page(err: &OidcError) -> Response {
             StatusCode::BAD_REQUEST
         }
         OidcError::TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
-        OidcError::Transport(_) | OidcError::Discovery { .. } => StatusCode::BAD_GATEWAY,
+        OidcError::Transport(_) | OidcError::BadResponse(_) | OidcError::Discovery { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         OidcError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::UNAUTHORIZED,
     };
