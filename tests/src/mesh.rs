@@ -122,7 +122,8 @@ impl Coordinator {
             .ok_or_else(|| LabError::Setup(format!("no join URL in `join-url` output: {out}")))
     }
 
-    /// Runs an admin command (`ztmesh-coordinator ARGS --config CFG`) on the coordinator host;
+    /// Runs an admin command (`ztmesh-coordinator ARGS --data-dir D`) on the coordinator host
+    /// (the admin CLI finds the API address and admin token in the data directory);
     /// returns its stdout, or an error with its stderr when it fails.
     pub fn admin(&self, lab: &Lab, args: &[&str]) -> Result<String, LabError> {
         let out = self.admin_output(lab, args)?;
@@ -143,9 +144,9 @@ impl Coordinator {
     /// Like [`Coordinator::admin`], whatever the exit status.
     pub fn admin_output(&self, lab: &Lab, args: &[&str]) -> Result<std::process::Output, LabError> {
         let bin = bins::binary("ztmesh-coordinator")?;
-        let cfg = self.config.to_string_lossy().into_owned();
+        let dir = self.data_dir.to_string_lossy().into_owned();
         let mut full = args.to_vec();
-        full.extend(["--config", &cfg]);
+        full.extend(["--data-dir", &dir]);
         lab.exec("coord", &bin, &full, Duration::from_secs(30))
     }
 
