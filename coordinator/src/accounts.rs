@@ -34,7 +34,7 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("invalid login name {0:?}: use letters, digits and . _ @ - (1-64 characters)")]
+    #[error("invalid login name {0:?}: use name@domain (letters, digits and . _ - + , at most 128 characters), as policies name users")]
     InvalidLogin(String),
     #[error("invalid group {0:?}: groups are written group:NAME")]
     InvalidGroup(String),
@@ -58,11 +58,17 @@ pub struct NewAccount {
     pub otpauth_url: String,
 }
 
+/// Policies name users as `name@domain`, so local logins have that form too.
 pub fn valid_login(login: &str) -> bool {
-    (1..=64).contains(&login.len())
+    let ok_chars = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+    };
+    login.len() <= 128
         && login
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+            .split_once('@')
+            .is_some_and(|(name, domain)| ok_chars(name) && ok_chars(domain))
 }
 
 /// argon2id with the crate's default (OWASP-recommended) parameters and a random salt.
@@ -503,29 +509,29 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(d.path()).unwrap());
         let acct = add_user(
             store.as_ref(),
-            "alice",
+            "alice@example.com",
             "correct horse battery",
             vec!["group:eng".into()],
         )
         .unwrap();
         assert!(acct
             .otpauth_url
-            .starts_with("otpauth://totp/ztmesh:alice?secret="));
+            .starts_with("otpauth://totp/ztmesh:alice%40example.com?secret="));
         let auth = Authenticator::new(store.clone());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let code = totp_code(&acct.totp_secret, unix_secs()).unwrap();
         assert_eq!(
-            auth.sign_in("alice", "wrong password!", &code, ip)
+            auth.sign_in("alice@example.com", "wrong password!", &code, ip)
                 .unwrap_err(),
             SignInError::BadCredentials
         );
         let u = auth
-            .sign_in("alice", "correct horse battery", &code, ip)
+            .sign_in("alice@example.com", "correct horse battery", &code, ip)
             .unwrap();
         assert_eq!(u.groups, vec!["group:eng".to_string()]);
         // The same code again is a replay.
         assert_eq!(
-            auth.sign_in("alice", "correct horse battery", &code, ip)
+            auth.sign_in("alice@example.com", "correct horse battery", &code, ip)
                 .unwrap_err(),
             SignInError::BadCredentials
         );
@@ -534,19 +540,34 @@ mod tests {
             SignInError::BadCredentials
         );
         for _ in 0..MAX_FAILURES {
-            let _ = auth.sign_in("alice", "bad", "000000", "10.0.0.9".parse().unwrap());
+            let _ = auth.sign_in(
+                "alice@example.com",
+                "bad",
+                "000000",
+                "10.0.0.9".parse().unwrap(),
+            );
         }
         assert_eq!(
-            auth.sign_in("alice", "bad", "000000", "10.0.0.9".parse().unwrap())
-                .unwrap_err(),
+            auth.sign_in(
+                "alice@example.com",
+                "bad",
+                "000000",
+                "10.0.0.9".parse().unwrap()
+            )
+            .unwrap_err(),
             SignInError::RateLimited
         );
         assert!(matches!(
-            add_user(store.as_ref(), "alice", "another long one", vec![]),
+            add_user(
+                store.as_ref(),
+                "alice@example.com",
+                "another long one",
+                vec![]
+            ),
             Err(AccountError::Store(StoreError::AlreadyExists(_)))
         ));
         assert!(matches!(
-            add_user(store.as_ref(), "bob", "short", vec![]),
+            add_user(store.as_ref(), "bob@example.com", "short", vec![]),
             Err(AccountError::WeakPassword)
         ));
     }

@@ -82,6 +82,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub public_addr: String,
     pub http_base_url: String,
+    /// Whether `http_base_url` was derived (then `serve` fixes its port once bound, for port 0).
+    pub http_base_derived: bool,
     pub http_mode: HttpMode,
     pub initial_policy: Option<PathBuf>,
     pub log_json: bool,
@@ -181,10 +183,9 @@ impl Config {
         } else {
             HttpMode::Tls
         };
-        let http_base_url = args
-            .http_base_url
-            .clone()
-            .or(file.http_base_url)
+        let explicit_base = args.http_base_url.clone().or(file.http_base_url);
+        let http_base_derived = explicit_base.is_none();
+        let http_base_url = explicit_base
             .unwrap_or_else(|| {
                 let scheme = match http_mode {
                     HttpMode::Tls => "https",
@@ -210,6 +211,7 @@ impl Config {
             http_listen,
             public_addr,
             http_base_url,
+            http_base_derived,
             http_mode,
             initial_policy: args.policy.clone().or(file.policy),
             log_json: args.log_json || file.log_json,

@@ -1,8 +1,15 @@
-//! `ztmesh-coordinator`: the control server and its admin CLI.
+//! `ztmesh-coordinator`: the control server (`serve`) and its admin CLI.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use ztmesh_coordinator::policy_cli::{self, PolicyFileCmd};
+use tracing::{error, info};
+use ztmesh_coordinator::admin_cli::client::ApiArgs;
+use ztmesh_coordinator::admin_cli::{
+    self, AdminCmd, AuditCmd, DevicesCmd, PolicyCmd, PreauthCmd, TokensCmd, UsersCmd,
+};
+use ztmesh_coordinator::config::{Config, ServeArgs};
+use ztmesh_coordinator::{bootstrap, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "ztmesh-coordinator", version, about = "ztmesh coordinator")]
@@ -13,15 +20,136 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Check a policy file or explain a decision.
+    /// Run the coordinator (QUIC control endpoint + HTTP admin API and login pages).
+    Serve(ServeArgs),
+    /// Print the join URL of a data directory again.
+    JoinUrl {
+        #[arg(long, env = "ZTMESH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// The policy: get|set|history over the API; check|explain on a file.
     Policy {
+        #[command(flatten)]
+        api: ApiArgs,
         #[command(subcommand)]
-        cmd: PolicyFileCmd,
+        cmd: PolicyCmd,
+    },
+    /// Devices: list|show|revoke|set-attr|unset-attr.
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
+    /// Local accounts: add|list|disable.
+    Users {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// Pre-auth keys: create|list|revoke.
+    Preauth {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: PreauthCmd,
+    },
+    /// The audit log: tail|verify.
+    Audit {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// API tokens: create|list|revoke.
+    Tokens {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        cmd: TokensCmd,
     },
 }
 
-fn main() -> ExitCode {
-    match Cli::parse().cmd {
-        Cmd::Policy { cmd } => policy_cli::run(cmd),
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
     }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("cannot install signal handlers; stop with kill -9");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+fn serve_cmd(args: ServeArgs) -> ExitCode {
+    let cfg = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (api, cmd) = match cli.cmd {
+        Cmd::Serve(args) => return serve_cmd(args),
+        Cmd::JoinUrl { data_dir } => {
+            return match bootstrap::stored_join_url(&data_dir) {
+                Ok(url) => {
+                    println!("{url}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Policy { api, cmd } => (api, AdminCmd::Policy(cmd)),
+        Cmd::Devices { api, cmd } => (api, AdminCmd::Devices(cmd)),
+        Cmd::Users { api, cmd } => (api, AdminCmd::Users(cmd)),
+        Cmd::Preauth { api, cmd } => (api, AdminCmd::Preauth(cmd)),
+        Cmd::Audit { api, cmd } => (api, AdminCmd::Audit(cmd)),
+        Cmd::Tokens { api, cmd } => (api, AdminCmd::Tokens(cmd)),
+    };
+    admin_cli::run(&api, cmd)
 }

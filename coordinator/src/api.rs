@@ -1,1 +1,0 @@
-//! (being written by H3)

@@ -1,0 +1,145 @@
+//! `/api/v1/policy*`: the running policy, its history, and set / check / explain.
+
+use super::{ApiError, ApiState, Caller};
+use crate::store::{Decision, PolicyVersion};
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use ztmesh_common::policy::{Policy, Query};
+use ztmesh_common::posture::{AttrValue, PostureAttrs};
+
+/// The policy in force when none was ever stored.
+const DENY_ALL: &str = "// No policy has been set: everything is denied.\n{}\n";
+
+#[derive(Serialize)]
+pub struct PolicyOut {
+    /// 0 when no policy was ever set.
+    pub version: u64,
+    pub text: String,
+    pub author: String,
+    pub at: u64,
+}
+
+impl From<PolicyVersion> for PolicyOut {
+    fn from(v: PolicyVersion) -> Self {
+        PolicyOut {
+            version: v.version,
+            text: v.text,
+            author: v.author,
+            at: v.at.0,
+        }
+    }
+}
+
+pub async fn get_policy(
+    State(st): State<ApiState>,
+    _caller: Caller,
+) -> Result<Json<PolicyOut>, ApiError> {
+    let cur = st.blocking(|s| s.current_policy()).await??;
+    Ok(Json(match cur {
+        Some(v) => v.into(),
+        None => PolicyOut {
+            version: 0,
+            text: DENY_ALL.into(),
+            author: "default".into(),
+            at: 0,
+        },
+    }))
+}
+
+pub async fn history(
+    State(st): State<ApiState>,
+    _caller: Caller,
+) -> Result<Json<Vec<PolicyOut>>, ApiError> {
+    let h = st.blocking(|s| s.policy_history()).await??;
+    Ok(Json(h.into_iter().map(PolicyOut::from).collect()))
+}
+
+#[derive(Deserialize)]
+pub struct PolicyText {
+    pub text: String,
+}
+
+/// Validate + tests + store + swap + push, via the control plane. A refusal leaves the
+/// running policy in force and names every problem.
+pub async fn set_policy(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Json(body): Json<PolicyText>,
+) -> Result<Json<Value>, ApiError> {
+    st.require_admin(&caller, "policy.set", "policy").await?;
+    match st.control.set_policy(&body.text, &caller.actor).await {
+        Ok(v) => {
+            st.audit(
+                &caller,
+                "policy.set",
+                &format!("policy v{}", v.version),
+                Decision::Allow,
+                "validated, tests passed, in force",
+            )
+            .await?;
+            Ok(Json(json!({ "version": v.version })))
+        }
+        Err(e) => {
+            let err = ApiError::from(e);
+            let mut reason = err.message.clone();
+            for d in &err.details {
+                reason.push_str("; ");
+                reason.push_str(d);
+            }
+            st.audit(&caller, "policy.set", "policy", Decision::Deny, &reason)
+                .await?;
+            Err(err)
+        }
+    }
+}
+
+/// Validate a policy and run its tests without installing it.
+pub async fn check(_caller: Caller, Json(body): Json<PolicyText>) -> Result<Json<Value>, ApiError> {
+    let out =
+        tokio::task::spawn_blocking(move || match Policy::parse(&body.text, "policy.hujson") {
+            Err(e) => json!({
+                "ok": false,
+                "errors": e.to_string().lines().collect::<Vec<_>>(),
+                "test_failures": [],
+            }),
+            Ok(p) => {
+                let failures: Vec<String> = p.run_tests().iter().map(|f| f.to_string()).collect();
+                json!({ "ok": failures.is_empty(), "errors": [], "test_failures": failures })
+            }
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+pub struct ExplainIn {
+    pub src: String,
+    pub dst: String,
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// Posture attributes of the source, as JSON values.
+    #[serde(default)]
+    pub attrs: serde_json::Map<String, Value>,
+}
+
+/// Explain one decision of the running policy.
+pub async fn explain(
+    State(st): State<ApiState>,
+    _caller: Caller,
+    Json(q): Json<ExplainIn>,
+) -> Result<Json<Value>, ApiError> {
+    let mut attrs = PostureAttrs::new();
+    for (k, v) in &q.attrs {
+        let a = AttrValue::from_json(v)
+            .ok_or_else(|| ApiError::bad_request(format!("attribute {k}: unsupported value")))?;
+        attrs.insert(k.clone(), a);
+    }
+    let query =
+        Query::new(&q.src, &q.dst, q.proto.as_deref(), attrs).map_err(ApiError::bad_request)?;
+    let policy = st.control.policy();
+    policy.check_query(&query).map_err(ApiError::bad_request)?;
+    Ok(Json(policy.explain(&query).to_json()))
+}
