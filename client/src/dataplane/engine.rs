@@ -504,14 +504,10 @@ impl Engine {
                         .push_back(EngineEvent::HandshakeCompleted { node });
                 }
                 // Flush packets queued while the handshake was in flight.
-                loop {
-                    match session.tunn.decapsulate(None, &[], buf) {
-                        TunnResult::WriteToNetwork(out) => {
-                            sink.send_datagram(from, out);
-                            self.counters.tx_datagrams += 1;
-                        }
-                        _ => break,
-                    }
+                while let TunnResult::WriteToNetwork(out) = session.tunn.decapsulate(None, &[], buf)
+                {
+                    sink.send_datagram(from, out);
+                    self.counters.tx_datagrams += 1;
                 }
             }
             TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {

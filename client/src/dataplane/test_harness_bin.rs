@@ -10,6 +10,11 @@
 //!   came back.
 //! - `hold ADDR MS`: keep a connection busy (one exchange every 20 ms) for up to MS; prints
 //!   `broken AFTER_MS REASON` or `held`.
+//! - `gen-pair DIR UNDERLAY_A UNDERLAY_B PORT TUN_A TUN_B`: write `a.json` and `b.json` for two
+//!   data planes that may reach each other on everything (for the benchmark), signed by a
+//!   throwaway coordinator key.
+//!
+//! `run CONFIG --wait` ignores stdin and runs until killed (for scripts).
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -42,7 +47,11 @@ fn main() -> Result<()> {
         .init();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("run") => run(args.get(2).context("run CONFIG")?),
+        Some("run") => run(
+            args.get(2).context("run CONFIG")?,
+            args.get(3).map(String::as_str) == Some("--wait"),
+        ),
+        Some("gen-pair") => gen_pair(&args[2..]),
         Some("echo-server") => echo_server(args.get(2).context("echo-server ADDR")?.parse()?),
         Some("echo-client") => echo_client(
             args.get(2).context("echo-client ADDR BYTES")?.parse()?,
@@ -56,7 +65,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn run(path: &str) -> Result<()> {
+fn run(path: &str, wait: bool) -> Result<()> {
     let cfg: Config = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(cfg.secret.trim())?
@@ -91,6 +100,11 @@ fn run(path: &str) -> Result<()> {
     }
     println!("ready {}", dp.local_port());
     std::io::stdout().flush()?;
+    if wait {
+        loop {
+            std::thread::park();
+        }
+    }
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let mut parts = line.split_whitespace();
@@ -178,5 +192,74 @@ fn hold(addr: SocketAddr, ms: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("held");
+    Ok(())
+}
+
+fn gen_pair(args: &[String]) -> Result<()> {
+    use ztmesh_common::credential::{coordinator_public_key, NodeCredential};
+    use ztmesh_common::ids::{MachinePublicKey, NodeId, WgPublicKey};
+    use ztmesh_common::netmap::{proto, FilterRule, PeerEntry, PortRange};
+    use ztmesh_common::time::UnixMillis;
+    let [dir, ua, ub, port, tun_a, tun_b] = args else {
+        bail!("gen-pair DIR UNDERLAY_A UNDERLAY_B PORT TUN_A TUN_B");
+    };
+    let port: u16 = port.parse()?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let mk = |index: u32| {
+        let secret = x25519_dalek::StaticSecret::random_from_rng(rand::thread_rng());
+        let (v4, v6) = ztmesh_common::addr::overlay_addrs(index).expect("index in range");
+        let cred = NodeCredential {
+            node_id: NodeId(index as u64),
+            hostname: format!("bench{index}"),
+            user: None,
+            tags: vec!["tag:bench".into()],
+            machine_key: MachinePublicKey([index as u8; 32]),
+            wg_public_key: WgPublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes()),
+            addresses: vec![v4.into(), v6.into()],
+            posture_digest: [0; 32],
+            not_before: UnixMillis(now - 60_000),
+            issued_at: UnixMillis(now),
+            expires_at: UnixMillis(now + 24 * 3_600_000),
+            serial: 1,
+        };
+        (secret, cred)
+    };
+    let nodes = [mk(1), mk(2)];
+    let underlay = [ua, ub];
+    let tuns = [tun_a, tun_b];
+    for me in 0..2 {
+        let other = 1 - me;
+        let (secret, cred) = &nodes[me];
+        let peer = &nodes[other].1;
+        let filter = vec![FilterRule {
+            src: ztmesh_common::addr::host_nets(&peer.addresses),
+            dst: ztmesh_common::addr::host_nets(&cred.addresses),
+            protos: proto::DEFAULT.to_vec(),
+            ports: vec![PortRange::ALL],
+        }];
+        let map = NetMap {
+            version: 1,
+            peers: vec![PeerEntry {
+                credential: peer.sign(&key),
+                endpoints: vec![format!("{}:{port}", underlay[other]).parse()?],
+            }],
+            filter,
+        };
+        let cfg = serde_json::json!({
+            "tun": tuns[me],
+            "port": port,
+            "secret": base64::engine::general_purpose::STANDARD.encode(secret.to_bytes()),
+            "credential": cred.sign(&key),
+            "coordinator": coordinator_public_key(&key),
+            "netmap": map,
+        });
+        let name = if me == 0 { "a.json" } else { "b.json" };
+        let path = std::path::Path::new(dir).join(name);
+        std::fs::write(&path, cfg.to_string())?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
     Ok(())
 }

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# dataplane.sh -- benchmark the ztmesh data plane against raw veth and stock userspace WireGuard.
+#
+# Two namespaces joined by one veth pair (underlay 198.18.0.1/30 <-> .2, RFC 2544 range), and
+# per implementation a tunnel between them (overlay 100.64.0.1 <-> 100.64.0.2, MTU 1420):
+#   raw        no tunnel, the veth itself
+#   boringtun  boringtun-cli (cargo install boringtun-cli), configured with wg
+#   gotatun    gotatun-cli (cargo install gotatun-cli), configured with wg, if installed
+#   ztmesh     two ztmesh data planes (the ztmesh-dp-test harness, release build), identities
+#              signed by a throwaway coordinator key, filter allowing everything between them
+# Measured per implementation and round: iperf3 TCP 1 stream and 4 streams, UDP at max rate
+# (1392-byte datagrams in tunnels, 1400 raw), ping RTT idle (200 x 10 ms) and during the TCP-1
+# transfer, and CPU of both tunnel daemons during TCP-1. Rounds are interleaved
+# (raw, boringtun, gotatun, ztmesh, raw, ...) so machine drift hits every implementation alike.
+# Output: medians over rounds, and ratios (ztmesh / boringtun-cli, tunnel RTT minus raw RTT).
+#
+# Containment: namespaces named ztbench-{a,b}-PID, no default route, nothing in the root
+# namespace; every load generator is bounded (iperf3 -t, ping -c, timeout); a trap kills what
+# this script started and deletes the namespaces on any exit.
+#
+# Usage: sudo packaging/bench/dataplane.sh [--runs N] [--duration S] [--out DIR]
+#                                          [--impls "raw boringtun gotatun ztmesh"]
+# Needs: iproute2 iperf3 wireguard-tools iputils-ping python3, boringtun-cli, optionally gotatun,
+# cargo (to build the harness in release mode unless ZTDP_BIN points at it).
+set -Eeuo pipefail
+
+RUNS=3
+DUR=5
+OUT=""
+IMPLS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --duration) DUR=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --impls) IMPLS=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
+export PATH="$PATH:${HOME:-/root}/.cargo/bin"
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-/tmp/ztmesh-bench-$(date +%Y%m%d-%H%M%S)}
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+if [ -z "$IMPLS" ]; then
+  IMPLS="raw boringtun"
+  command -v gotatun >/dev/null && IMPLS="$IMPLS gotatun"
+  IMPLS="$IMPLS ztmesh"
+fi
+for c in ip iperf3 wg ping python3 timeout; do
+  command -v "$c" >/dev/null || { echo "missing tool: $c" >&2; exit 1; }
+done
+
+NS_A=ztbench-a-$$; NS_B=ztbench-b-$$
+VA=ztbva$$; VB=ztbvb$$
+UA=198.18.0.1; UB=198.18.0.2
+OA=100.64.0.1; OB=100.64.0.2
+WA=ztbwa$$; WB=ztbwb$$
+PORT=51820
+declare -A LIVE=()
+D_A=""; D_B=""
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$OUT/run.log" >&2; }
+in_a() { ip netns exec "$NS_A" "$@"; }
+in_b() { ip netns exec "$NS_B" "$@"; }
+track() { LIVE[$1]=1; }
+stop_pid() {
+  local pid=$1 i
+  [ -n "${LIVE[$pid]:-}" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "LIVE[$pid]"
+}
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  for pid in "${!LIVE[@]}"; do stop_pid "$pid"; done
+  for ns in "$NS_A" "$NS_B"; do ip netns del "$ns" 2>/dev/null; done
+  rm -f "/var/run/wireguard/$WA.sock" "/var/run/wireguard/$WB.sock"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stale namespaces of earlier runs whose script is gone.
+for ns in $(ip netns list | awk '{print $1}' | grep '^ztbench-' || true); do
+  pid=${ns##*-}
+  [ -d "/proc/$pid" ] || ip netns del "$ns" 2>/dev/null || true
+done
+
+# The harness, release build.
+ZTDP_BIN=${ZTDP_BIN:-$ROOT/target/release/ztmesh-dp-test}
+case " $IMPLS " in *" ztmesh "*)
+  if [ ! -x "$ZTDP_BIN" ]; then
+    log "building ztmesh-dp-test (release)"
+    (cd "$ROOT" && cargo build --release -q -p ztmesh-client --bin ztmesh-dp-test)
+  fi ;;
+esac
+
+{
+  echo "date: $(date -Is)"; echo "kernel: $(uname -r)"; echo "cpus: $(nproc)"
+  echo "boringtun-cli: $(boringtun-cli --version 2>/dev/null || echo absent)"
+  echo "gotatun: $(gotatun --version 2>/dev/null || echo absent)"
+  echo "ztmesh-dp-test: $ZTDP_BIN ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null))"
+  echo "params: runs=$RUNS duration=$DUR impls='$IMPLS'"
+} > "$OUT/env.txt"
+
+ip netns add "$NS_A"; ip netns add "$NS_B"
+ip link add "$VA" netns "$NS_A" type veth peer name "$VB" netns "$NS_B"
+ip -n "$NS_A" addr add "$UA/30" dev "$VA"; ip -n "$NS_B" addr add "$UB/30" dev "$VB"
+for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_A" link set "$VA" up; ip -n "$NS_B" link set "$VB" up
+in_a ping -c 1 -W 2 "$UB" >/dev/null
+log "underlay up; results in $OUT"
+
+daemon_ticks() { # utime+stime of a process, 0 if gone
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
+  awk '{sub(/^.*\) /,""); print $12 + $13}' "/proc/$1/stat"
+}
+
+tunnel_up() { # impl round
+  local impl=$1 r=$2 i k="$OUT/keys"
+  mkdir -p "$k"; chmod 700 "$k"
+  case "$impl" in
+    boringtun|gotatun)
+      (umask 077; wg genkey > "$k/a"; wg genkey > "$k/b")
+      wg pubkey < "$k/a" > "$k/a.pub"; wg pubkey < "$k/b" > "$k/b.pub"
+      if [ "$impl" = boringtun ]; then
+        ip netns exec "$NS_A" boringtun-cli "$WA" --foreground --disable-drop-privileges > "$RAW/r${r}_${impl}_a.log" 2>&1 & D_A=$!
+        ip netns exec "$NS_B" boringtun-cli "$WB" --foreground --disable-drop-privileges > "$RAW/r${r}_${impl}_b.log" 2>&1 & D_B=$!
+      else
+        ip netns exec "$NS_A" gotatun "$WA" --foreground --disable-drop-privileges -v error > "$RAW/r${r}_${impl}_a.log" 2>&1 & D_A=$!
+        ip netns exec "$NS_B" gotatun "$WB" --foreground --disable-drop-privileges -v error > "$RAW/r${r}_${impl}_b.log" 2>&1 & D_B=$!
+      fi
+      track "$D_A"; track "$D_B"
+      for i in $(seq 500); do
+        [ -S "/var/run/wireguard/$WA.sock" ] && [ -S "/var/run/wireguard/$WB.sock" ] && break; sleep 0.01
+      done
+      in_a wg set "$WA" private-key "$k/a" listen-port $PORT peer "$(cat "$k/b.pub")" endpoint "$UB:$PORT" allowed-ips "$OB/32"
+      in_b wg set "$WB" private-key "$k/b" listen-port $PORT peer "$(cat "$k/a.pub")" endpoint "$UA:$PORT" allowed-ips "$OA/32"
+      in_a ip addr add "$OA/32" peer "$OB/32" dev "$WA"; in_b ip addr add "$OB/32" peer "$OA/32" dev "$WB"
+      in_a ip link set "$WA" mtu 1420 up; in_b ip link set "$WB" mtu 1420 up ;;
+    ztmesh)
+      "$ZTDP_BIN" gen-pair "$k" "$UA" "$UB" "$PORT" "$WA" "$WB"
+      ip netns exec "$NS_A" "$ZTDP_BIN" run "$k/a.json" --wait > "$RAW/r${r}_${impl}_a.out" 2> "$RAW/r${r}_${impl}_a.log" & D_A=$!
+      ip netns exec "$NS_B" "$ZTDP_BIN" run "$k/b.json" --wait > "$RAW/r${r}_${impl}_b.out" 2> "$RAW/r${r}_${impl}_b.log" & D_B=$!
+      track "$D_A"; track "$D_B"
+      for i in $(seq 500); do
+        grep -q ready "$RAW/r${r}_${impl}_a.out" 2>/dev/null && grep -q ready "$RAW/r${r}_${impl}_b.out" 2>/dev/null && break
+        sleep 0.01
+      done ;;
+  esac
+  for i in $(seq 50); do in_a ping -c 1 -W 1 "$OB" >/dev/null 2>&1 && return 0; done
+  log "$impl tunnel did not come up"; return 1
+}
+
+tunnel_down() {
+  stop_pid "$D_A"; stop_pid "$D_B"; D_A=""; D_B=""
+  rm -f "/var/run/wireguard/$WA.sock" "/var/run/wireguard/$WB.sock"
+}
+
+iperf() { # tag dst args...
+  local tag=$1 dst=$2 srv i; shift 2
+  timeout $((DUR + 20)) ip netns exec "$NS_B" iperf3 -s -1 > "$RAW/$tag.server.txt" 2>&1 & srv=$!; track "$srv"
+  for i in $(seq 100); do in_b ss -Hltn 'sport = :5201' | grep -q . && break; sleep 0.02; done
+  timeout $((DUR + 15)) ip netns exec "$NS_A" iperf3 -c "$dst" -t "$DUR" -J "$@" > "$RAW/$tag.json" 2>/dev/null || log "iperf3 $tag failed"
+  for i in $(seq 40); do kill -0 "$srv" 2>/dev/null || break; sleep 0.05; done
+  stop_pid "$srv"
+}
+
+round() { # impl round
+  local impl=$1 r=$2 dst=$OB len=1392 p t0 t1
+  [ "$impl" = raw ] && { dst=$UB; len=1400; }
+  if [ "$impl" != raw ]; then tunnel_up "$impl" "$r" || { tunnel_down; return 0; }; fi
+  timeout 30 ip netns exec "$NS_A" ping -n -c 200 -i 0.01 "$dst" > "$RAW/r${r}_${impl}_idle.ping" 2>&1 || true
+  ( sleep 1; exec timeout $((DUR + 5)) ip netns exec "$NS_A" ping -n -c $(( (DUR - 2) * 10 )) -i 0.1 "$dst" ) \
+    > "$RAW/r${r}_${impl}_load.ping" 2>&1 & p=$!; track "$p"
+  t0=$(( $(daemon_ticks "$D_A") + $(daemon_ticks "$D_B") ))
+  iperf "r${r}_${impl}_tcp1" "$dst"
+  t1=$(( $(daemon_ticks "$D_A") + $(daemon_ticks "$D_B") ))
+  echo "$(( t1 - t0 )) $(getconf CLK_TCK) $DUR" > "$RAW/r${r}_${impl}_tcp1.cpu"
+  wait "$p" 2>/dev/null || true; unset "LIVE[$p]"
+  iperf "r${r}_${impl}_tcp4" "$dst" -P 4
+  iperf "r${r}_${impl}_udp" "$dst" -u -b 0 -l "$len"
+  [ "$impl" != raw ] && tunnel_down
+  log "round $r $impl done"
+}
+
+for r in $(seq "$RUNS"); do
+  for impl in $IMPLS; do round "$impl" "$r"; done
+done
+
+python3 - "$RAW" "$RUNS" "$IMPLS" > "$OUT/summary.md" <<'EOF'
+import json, re, statistics, sys, os
+raw, runs, impls = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def iperf(path, udp=False):
+    try:
+        j = json.load(open(path))
+        e = j["end"]
+        return (e["sum"]["bits_per_second"] if udp else e["sum_received"]["bits_per_second"]) / 1e9
+    except Exception:
+        return None
+def ping(path):
+    try:
+        rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", open(path).read())]
+        return statistics.median(rtts) if rtts else None
+    except Exception:
+        return None
+def cpu(path):
+    try:
+        ticks, tck, dur = open(path).read().split()
+        return int(ticks) / int(tck) / float(dur)
+    except Exception:
+        return None
+rows = {}
+for impl in impls:
+    f = lambda kind, fn, **kw: med([fn(os.path.join(raw, f"r{r}_{impl}_{kind}"), **kw) for r in range(1, runs + 1)])
+    rows[impl] = {
+        "tcp1": f("tcp1.json", iperf), "tcp4": f("tcp4.json", iperf),
+        "udp": f("udp.json", iperf, udp=True),
+        "idle": f("idle.ping", ping), "load": f("load.ping", ping), "cpu": f("tcp1.cpu", cpu),
+    }
+def fmt(v, nd=3):
+    return "-" if v is None else f"{v:.{nd}f}"
+print(f"medians over {runs} interleaved rounds\n")
+print("| metric | " + " | ".join(impls) + " |")
+print("|---|" + "---|" * len(impls))
+for key, label, nd in [("tcp1", "TCP 1 stream, Gbit/s", 3), ("tcp4", "TCP 4 streams, Gbit/s", 3),
+                       ("udp", "UDP max rate, received Gbit/s", 3), ("idle", "ping idle p50, ms", 3),
+                       ("load", "ping during TCP-1 p50, ms", 3), ("cpu", "daemon CPU during TCP-1, cores", 2)]:
+    print(f"| {label} | " + " | ".join(fmt(rows[i][key], nd) for i in impls) + " |")
+z, b, rw = rows.get("ztmesh"), rows.get("boringtun"), rows.get("raw")
+print()
+if z and b:
+    for key, label in [("tcp1", "TCP-1"), ("tcp4", "TCP-4"), ("udp", "UDP")]:
+        if z[key] and b[key]:
+            print(f"- ztmesh / boringtun-cli {label}: {z[key] / b[key]:.2f}x")
+    g = rows.get("gotatun")
+    if g and g["tcp1"] and z["tcp1"]:
+        print(f"- ztmesh / gotatun-cli TCP-1: {z['tcp1'] / g['tcp1']:.2f}x")
+if z and rw and z["idle"] is not None and rw["idle"] is not None:
+    print(f"- ztmesh idle RTT added over raw veth: {z['idle'] - rw['idle']:.3f} ms")
+if z and z["load"] is not None:
+    print(f"- ztmesh RTT under TCP-1 load: {z['load']:.3f} ms")
+EOF
+cat "$OUT/summary.md"
