@@ -542,6 +542,8 @@ fn acl(
     if let Some(d) = f.get("dst") {
         for (s, x) in cx.strings(d, &format!("{what}.dst")) {
             match dst_entry(s, names, &protos) {
+                // An invalid `proto` was reported already.
+                Ok(_) | Err(_) if protos.is_empty() => {}
                 Ok(e) => dst.push(e),
                 Err((off, e)) => cx.err(inside(x, char_offset(s, off)), e),
             }
