@@ -15,7 +15,7 @@ use openidconnect::reqwest;
 use openidconnect::url::Url;
 use serde_json::{json, Value};
 use ztmesh_coordinator::identity::oidc::{router, OidcConfig, OidcProvider};
-use ztmesh_coordinator::identity::{FnLoginSink, Identity, LoginRejected};
+use ztmesh_coordinator::identity::{FnLoginSink, Identity, LoginRejected, LoginSink};
 
 /// TOTP secret of the MFA test user (base32 of 20 bytes).
 pub const ALICE_TOTP: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
@@ -208,16 +208,25 @@ pub async fn rp_serve(listener: tokio::net::TcpListener, cfg: OidcConfig) -> Rp 
             Ok(())
         }
     }));
-    let app = router(provider.clone(), sink);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let server = serve_routes(listener, provider.clone(), sink);
     Rp {
         provider,
         base,
         completed,
         server,
     }
+}
+
+/// Serves the RP's routes with `sink` as the control plane.
+pub fn serve_routes(
+    listener: tokio::net::TcpListener,
+    provider: Arc<OidcProvider>,
+    sink: Arc<dyn LoginSink>,
+) -> tokio::task::JoinHandle<()> {
+    let app = router(provider, sink);
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    })
 }
 
 /// A client entry for the IdP's clients file.
