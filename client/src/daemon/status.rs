@@ -1,7 +1,8 @@
 //! Builds the `ztmesh status` report from the control state and the data plane's figures.
 
+use crate::control::session::credential_valid;
 use crate::control::state::ControlState;
-use crate::control::PlaneSnapshot;
+use crate::control::{Phase, PlaneSnapshot};
 use crate::ipc::proto::{FlowStatus, PeerStatus, SelfStatus, StatusReport};
 use ztmesh_common::ids::MachinePublicKey;
 
@@ -55,8 +56,15 @@ pub fn report(
             }
         })
         .collect();
+    // The data plane stops on its own at expiry; say so rather than "running".
+    let expired = st.phase == Phase::Running && own.is_some_and(|c| !credential_valid(c));
     StatusReport {
-        state: st.phase.as_str().to_string(),
+        state: if expired {
+            "expired"
+        } else {
+            st.phase.as_str()
+        }
+        .to_string(),
         coordinator: st.coordinator.clone(),
         connected: st.connected,
         login_url: st.login_url.clone(),

@@ -74,7 +74,8 @@ pub enum Reply {
 /// What `ztmesh status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// `stopped`, `connecting`, `needs_login`, `running`, `refused`, `revoked`.
+    /// `stopped`, `connecting`, `needs_login`, `running`, `expired` (running, but the credential
+    /// ran out while the coordinator was unreachable), `refused`, `revoked`.
     pub state: String,
     pub coordinator: Option<String>,
     /// Whether the control connection is up right now.
