@@ -1,0 +1,588 @@
+//! The admin CLI end to end against a real `ztmesh-coordinator serve` process on loopback:
+//! users, pre-auth keys (and a device joining over QUIC with one), tokens and roles, policy
+//! set refusal, devices list/revoke, the login page, audit verify, SIGTERM, and kill -9 with
+//! every acknowledged write present after restart.
+
+use rustls::pki_types::CertificateDer;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use ztmesh_common::posture::PostureAttrs;
+use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
+use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ztmesh-coordinator");
+
+const POLICY: &str = r#"{
+  // comments are fine: HuJSON
+  "groups": { "group:eng": ["alice@example.com"] },
+  "tagOwners": { "tag:server": ["group:eng"] },
+  "acls": [
+    { "action": "accept", "src": ["group:eng"], "dst": ["tag:server:22"] },
+  ],
+  "tests": [
+    { "src": "alice@example.com", "accept": ["tag:server:22"], "deny": ["tag:server:80"] },
+  ],
+}"#;
+
+/// A policy whose own test fails: must be refused, leaving the running one in force.
+const POLICY_FAILING_TEST: &str = r#"{
+  "groups": { "group:eng": ["alice@example.com"] },
+  "tagOwners": { "tag:server": ["group:eng"] },
+  "acls": [],
+  "tests": [ { "src": "alice@example.com", "accept": ["tag:server:22"] } ],
+}"#;
+
+/// A running coordinator; killed on drop.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+    control: std::net::SocketAddr,
+}
+
+impl Server {
+    async fn start(dir: &Path, policy: Option<&Path>) -> Server {
+        let _ = std::fs::remove_file(dir.join("http-url"));
+        let _ = std::fs::remove_file(dir.join("control-addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--control-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--public-addr",
+                "127.0.0.1:7443",
+            ])
+            .env("NO_COLOR", "1")
+            .env("ZTMESH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let http = insecure_http();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("coordinator exited with {st:?}: {}", log_of(dir));
+            }
+            if let (Some(url), Some(control)) = (read("http-url"), read("control-addr")) {
+                let ok = http
+                    .get(format!("{url}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    return Server {
+                        child,
+                        dir: dir.to_owned(),
+                        url,
+                        control: control.parse().unwrap(),
+                    };
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not start: {}",
+                log_of(dir)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, "")
+    }
+
+    fn cli_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Run and require success; stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn cert(&self) -> CertificateDer<'static> {
+        CertificateDer::from(std::fs::read(self.dir.join("tls.crt.der")).unwrap())
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return st;
+            }
+            assert!(Instant::now() < deadline, "coordinator did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for the test's own probes of the self-signed server (the CLI pins it).
+fn insecure_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or("").trim().to_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Join over real QUIC with a pre-auth key; the first answer.
+async fn join(srv: &Server, hostname: &str, key: &str) -> (TestClient, ServerMsg) {
+    let ep = client_endpoint(srv.cert()).unwrap();
+    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let (mut c, _welcome) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
+    c.send(&ClientMsg::Login(login_request(
+        hostname,
+        LoginAuth::AuthKey(key.to_owned()),
+        PostureAttrs::new(),
+    )))
+    .await
+    .unwrap();
+    let first = c.recv().await.unwrap();
+    (c, first)
+}
+
+async fn wait_for_revoked(c: &mut TestClient, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Ok(Some(ServerMsg::Revoked { reason })) => return reason,
+            Ok(Some(_)) => continue,
+            other => panic!("no Revoked within {within:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_end_to_end_against_a_real_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let srv = Server::start(&dir, Some(&policy)).await;
+
+    // join-url names the public address and the certificate's fingerprint.
+    let o = Command::new(BIN)
+        .args(["join-url", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let join_url = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    assert!(
+        join_url.starts_with("ztmesh://127.0.0.1:7443?fp=sha256:"),
+        "{join_url}"
+    );
+    let fp = join_url.split("fp=").nth(1).unwrap().to_owned();
+
+    // Users.
+    let out = String::from_utf8(
+        srv.cli_stdin(
+            &[
+                "users",
+                "add",
+                "alice@example.com",
+                "--groups",
+                "group:eng",
+                "--password-stdin",
+            ],
+            "correct horse battery staple\n",
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        out.contains("otpauth://totp/ztmesh:alice%40example.com?secret="),
+        "{out}"
+    );
+    let again = srv.cli_stdin(
+        &["users", "add", "alice@example.com", "--password-stdin"],
+        "x1234567890\n",
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let users = srv.json(&["users", "list", "--json"]);
+    assert_eq!(users[0]["login"], "alice@example.com");
+    assert_eq!(users[0]["disabled"], false);
+    assert!(
+        !users.to_string().contains("password"),
+        "no hashes in listings"
+    );
+
+    // Pre-auth keys: only declared tags; the key alone on the last line.
+    let out = srv.ok(&[
+        "preauth",
+        "create",
+        "--tags",
+        "tag:server",
+        "--expires",
+        "10m",
+    ]);
+    let key = last_line(&out);
+    assert!(key.starts_with("ztk_") && !key.contains(' '), "{out}");
+    let bad = srv.cli(&["preauth", "create", "--tags", "tag:nope"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("tagOwners"), "{}", stderr(&bad));
+    let keys = srv.json(&["preauth", "list", "--json"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert!(
+        !keys.to_string().contains(&key),
+        "the key itself is never listed"
+    );
+
+    // A device joins with it over QUIC; a second device with the same single-use key cannot.
+    let (mut web, first) = join(&srv, "web-1", &key).await;
+    let node = match first {
+        ServerMsg::Credential(g) => g.node_id,
+        other => panic!("expected a credential, got {other:?}"),
+    };
+    let (_c2, second) = join(&srv, "web-2", &key).await;
+    assert!(matches!(second, ServerMsg::Refused { .. }), "{second:?}");
+    let devices = srv.json(&["devices", "list", "--json"]);
+    let d = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["hostname"] == "web-1")
+        .expect("web-1 listed");
+    assert_eq!(d["id"], node.0);
+    assert_eq!(d["tags"][0], "tag:server");
+    assert!(d["user"].is_null());
+    assert_eq!(d["addresses"].as_array().unwrap().len(), 2);
+    assert!(d["credential_expires_at"].as_u64().is_some());
+    let text = srv.ok(&["devices", "list"]);
+    assert!(
+        text.contains("web-1") && text.contains("tag:server"),
+        "{text}"
+    );
+
+    // An auditor token reads but cannot write.
+    let tok = last_line(&srv.ok(&["tokens", "create", "--role", "auditor"]));
+    let tok_file = write(tmp.path(), "auditor.token", &tok);
+    let as_auditor = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--api", &srv.url, "--token-file"])
+            .arg(&tok_file)
+            .args(["--pin", &fp])
+            .output()
+            .unwrap()
+    };
+    let o = as_auditor(&["devices", "list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = as_auditor(&["devices", "revoke", "web-1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+    // A wrong pin is refused before any token is sent.
+    let o = Command::new(BIN)
+        .args(["users", "list", "--api", &srv.url, "--token-file"])
+        .arg(&tok_file)
+        .args(["--pin", &format!("sha256:{}", "0".repeat(64))])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+
+    // A refused policy leaves the running one in force and says why.
+    let before = srv.ok(&["policy", "get"]);
+    let failing = write(tmp.path(), "failing.hujson", POLICY_FAILING_TEST);
+    let o = srv.cli(&["policy", "set", failing.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tests failed"), "{}", stderr(&o));
+    let broken = write(tmp.path(), "broken.hujson", "{ \"acls\": [ }");
+    let o = srv.cli(&["policy", "set", broken.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("policy.hujson:1:"), "{}", stderr(&o));
+    assert_eq!(srv.ok(&["policy", "get"]), before);
+    // The offline check (H1's) agrees.
+    assert!(!srv
+        .cli(&["policy", "check", failing.to_str().unwrap()])
+        .status
+        .success());
+    let out = srv.ok(&["policy", "set", policy.to_str().unwrap()]);
+    assert!(out.contains("v2"), "{out}");
+
+    // Revoke by hostname reaches the device within a second.
+    let t0 = Instant::now();
+    srv.ok(&["devices", "revoke", "web-1", "--reason", "test"]);
+    let reason = wait_for_revoked(&mut web, Duration::from_secs(1)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{reason}");
+    let devices = srv.json(&["devices", "list", "--json"]);
+    assert_eq!(devices[0]["revoked"], true);
+
+    // Every action above is in the audit log, and the chain verifies.
+    let tail = srv.ok(&["audit", "tail", "-n", "100", "--json"]);
+    for action in [
+        "user.add",
+        "preauth.create",
+        "token.create",
+        "policy.set",
+        "device.revoke",
+    ] {
+        assert!(
+            tail.contains(&format!("\"action\":\"{action}\"")),
+            "{action} missing: {tail}"
+        );
+    }
+    assert!(
+        tail.contains("\"decision\":\"deny\""),
+        "refusals are audited"
+    );
+    let out = srv.ok(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
+
+    // SIGTERM: a clean, prompt exit.
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = srv.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "{st:?}: {}", log_of(&dir));
+    assert!(!log_of(&dir).contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_page_with_local_account_admits_the_device_and_disable_revokes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let srv = Server::start(&dir, Some(&policy)).await;
+    let out = String::from_utf8(
+        srv.cli_stdin(
+            &[
+                "users",
+                "add",
+                "alice@example.com",
+                "--groups",
+                "group:eng",
+                "--password-stdin",
+            ],
+            "correct horse battery staple\n",
+        )
+        .stdout,
+    )
+    .unwrap();
+    let secret = out
+        .lines()
+        .find_map(|l| l.split("secret=").nth(1))
+        .and_then(|s| s.split('&').next())
+        .unwrap()
+        .to_owned();
+
+    let ep = client_endpoint(srv.cert()).unwrap();
+    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let (mut dev, welcome) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
+    dev.send(&ClientMsg::Login(login_request(
+        "laptop",
+        LoginAuth::Interactive,
+        PostureAttrs::new(),
+    )))
+    .await
+    .unwrap();
+    let url = match dev.recv().await.unwrap() {
+        ServerMsg::LoginUrl { url } => url,
+        other => panic!("expected LoginUrl, got {other:?}"),
+    };
+    assert!(
+        url.starts_with(&format!("{}/login/", srv.url)),
+        "{url} vs {}",
+        srv.url
+    );
+
+    let http = insecure_http();
+    let page = http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("name=\"password\"") && html.contains("name=\"code\""));
+    assert_eq!(
+        http.get(format!("{}/login/not-a-login", srv.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let code = ztmesh_coordinator::accounts::totp_code(&secret, now()).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let r = http
+        .post(&url)
+        .form(&[
+            ("user", "alice@example.com"),
+            ("password", "correct horse battery staple"),
+            ("code", wrong),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a wrong TOTP code is refused");
+    let r = http
+        .post(&url)
+        .form(&[
+            ("user", "alice@example.com"),
+            ("password", "correct horse battery staple"),
+            ("code", &code),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Signed in"));
+    let grant = loop {
+        match dev.recv().await.unwrap() {
+            ServerMsg::Credential(g) => break g,
+            ServerMsg::LoginUrl { .. } => continue,
+            other => panic!("expected a credential, got {other:?}"),
+        }
+    };
+    let cred = grant
+        .credential
+        .verify_signature(&welcome.coordinator_key)
+        .unwrap();
+    assert_eq!(cred.user.as_deref(), Some("alice@example.com"));
+
+    // Disabling the user revokes the device at once.
+    let out = srv.ok(&["users", "disable", "alice@example.com"]);
+    assert!(out.contains(&format!("{}", grant.node_id.0)), "{out}");
+    wait_for_revoked(&mut dev, Duration::from_secs(1)).await;
+    let users = srv.json(&["users", "list", "--json"]);
+    assert_eq!(users[0]["disabled"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_admin_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let srv = Server::start(&dir, Some(&policy)).await;
+    let token = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let http = insecure_http();
+    // A stream of writes; kill -9 while requests are in flight.
+    let url = srv.url.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for _ in 0..2_000 {
+            let r = http
+                .post(format!("{url}/api/v1/preauth"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "tags": ["tag:server"], "reusable": true }))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 201 => {
+                    let v: Value = r.json().await.unwrap();
+                    acked.push(v["id"].as_str().unwrap().to_owned());
+                }
+                _ => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    srv.signal(nix::sys::signal::Signal::SIGKILL);
+    let acked = writer.await.unwrap();
+    drop(srv);
+    assert!(
+        acked.len() >= 5,
+        "only {} writes before the kill",
+        acked.len()
+    );
+
+    let srv = Server::start(&dir, None).await;
+    let keys = srv.json(&["preauth", "list", "--json"]);
+    let ids: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    for id in &acked {
+        assert!(ids.contains(&id.as_str()), "acknowledged key {id} lost");
+    }
+    assert!(srv.ok(&["audit", "verify"]).contains("intact"));
+    // The stored policy is still in force after the crash.
+    assert!(srv.ok(&["policy", "get"]).contains("tag:server"));
+}
