@@ -59,7 +59,8 @@ impl Lab {
         );
         if let Some(idp) = idp {
             cfg.push_str(&format!(
-                "\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nredirect_base = \"{http_base}\"\n",
+                "\n[oidc]\nissuer = \"{}\"\nclient_id = \"{}\"\nredirect_base = \"{http_base}\"\n\
+                 # The lab's IdP speaks plain HTTP inside the namespaces.\nallow_http_issuer = true\n",
                 idp.issuer, idp.client_id
             ));
         }
@@ -71,7 +72,7 @@ impl Lab {
             "coordinator",
             &bin,
             &["serve", "--config", &config.to_string_lossy()],
-            &[("RUST_LOG", "info,ztmesh_coordinator=debug")],
+            &[("ZTMESH_LOG", "info,ztmesh_coordinator=debug")],
         )?;
         let mut c = Coordinator {
             process,
@@ -154,9 +155,11 @@ impl Coordinator {
     pub fn preauth_key(&self, lab: &Lab, tags: &[&str]) -> Result<String, LabError> {
         let tags = tags.join(",");
         let out = self.admin(lab, &["preauth", "create", "--tags", &tags])?;
-        out.split_whitespace()
-            .find(|w| w.len() >= 20 && !w.contains(':'))
-            .or_else(|| out.split_whitespace().last())
+        // The key is alone on the last line.
+        out.lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
             .map(str::to_string)
             .ok_or_else(|| LabError::Setup(format!("no key in: {out}")))
     }

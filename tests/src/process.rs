@@ -46,7 +46,9 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            // Plain log files: no terminal colour codes.
+            .env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }

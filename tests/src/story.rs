@@ -86,7 +86,7 @@ pub fn run(n: &mut dyn Narrator) -> Report {
     };
     if let Err(e) = s.play() {
         s.record("story", false, format!("stopped: {e}"));
-        s.n.say(&s.lab.log_tails(25));
+        s.n.say(&s.lab.log_tails(15));
     }
     let panics = s.lab.panics();
     s.record(
