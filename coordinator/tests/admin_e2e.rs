@@ -586,3 +586,34 @@ async fn kill_9_loses_no_acknowledged_admin_write() {
     // The stored policy is still in force after the crash.
     assert!(srv.ok(&["policy", "get"]).contains("tag:server"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_policy_that_no_longer_parses_never_stops_the_server() {
+    use ztmesh_coordinator::store::{SledStore, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let srv = Server::start(&dir, Some(&policy)).await;
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+    // Behind the server's back: a newer stored version that does not parse (as after a
+    // downgrade to a parser that lacks a feature).
+    {
+        let store = SledStore::open(dir.join("db")).unwrap();
+        store
+            .put_policy(
+                "{ this is not a policy",
+                "someone",
+                ztmesh_coordinator::audit::now(),
+            )
+            .unwrap();
+    }
+    let srv = Server::start(&dir, None).await;
+    let v = srv.json(&["devices", "list", "--json"]);
+    assert!(v.as_array().unwrap().is_empty());
+    // The last good version is in force, and the API says which one.
+    let p = srv.ok(&["policy", "get"]);
+    assert!(p.contains("tag:server"), "{p}");
+    let key = last_line(&srv.ok(&["preauth", "create", "--tags", "tag:server"]));
+    assert!(key.starts_with("ztk_"));
+}

@@ -32,20 +32,37 @@ impl From<PolicyVersion> for PolicyOut {
     }
 }
 
+/// The policy in force: the newest stored version that parses (the control plane starts with
+/// the same rule, so a stored policy that no longer parses never stops the server), else deny-all.
 pub async fn get_policy(
     State(st): State<ApiState>,
     _caller: Caller,
-) -> Result<Json<PolicyOut>, ApiError> {
-    let cur = st.blocking(|s| s.current_policy()).await??;
-    Ok(Json(match cur {
-        Some(v) => v.into(),
+) -> Result<Json<Value>, ApiError> {
+    let history = st.blocking(|s| s.policy_history()).await??;
+    let newest = history.last().map(|v| v.version);
+    let in_force = tokio::task::spawn_blocking(move || {
+        history
+            .into_iter()
+            .rev()
+            .find(|v| Policy::parse(&v.text, &format!("policy v{}", v.version)).is_ok())
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let out = match in_force {
+        Some(v) => PolicyOut::from(v),
         None => PolicyOut {
             version: 0,
             text: DENY_ALL.into(),
             author: "default".into(),
             at: 0,
         },
-    }))
+    };
+    let mut v = serde_json::to_value(&out).map_err(ApiError::internal)?;
+    if newest.is_some_and(|n| n != out.version) {
+        // Say so when newer stored versions were skipped because they do not parse.
+        v["newest_stored_version"] = json!(newest);
+    }
+    Ok(Json(v))
 }
 
 pub async fn history(
