@@ -42,6 +42,13 @@ pub struct ServeArgs {
     /// Policy file installed on first start (when no policy is stored yet).
     #[arg(long, env = "ZTMESH_POLICY")]
     pub policy: Option<PathBuf>,
+    /// PEM certificate chain for the HTTP listener (e.g. from a public CA, so browsers trust the
+    /// login pages) [default: the coordinator's self-signed certificate].
+    #[arg(long, env = "ZTMESH_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert.
+    #[arg(long, env = "ZTMESH_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "ZTMESH_LOG_JSON")]
     pub log_json: bool,
@@ -61,6 +68,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub http_plain_loopback: bool,
     pub policy: Option<PathBuf>,
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
     #[serde(default)]
     pub log_json: bool,
     /// `[oidc]`: the OpenID Connect relying party; absent = local accounts only.
@@ -86,6 +95,9 @@ pub struct Config {
     pub http_base_derived: bool,
     pub http_mode: HttpMode,
     pub initial_policy: Option<PathBuf>,
+    /// A configured certificate chain + key (PEM) for the HTTP listener, instead of the
+    /// coordinator's own.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     pub log_json: bool,
     pub oidc: Option<OidcConfig>,
 }
@@ -205,8 +217,21 @@ impl Config {
             })
             .trim_end_matches('/')
             .to_owned();
+        let http_tls = match (
+            args.http_tls_cert.clone().or(file.http_tls_cert),
+            args.http_tls_key.clone().or(file.http_tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "http_tls_cert and http_tls_key go together".into(),
+                ))
+            }
+        };
         Ok(Config {
             data_dir,
+            http_tls,
             control_listen,
             http_listen,
             public_addr,

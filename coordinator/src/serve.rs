@@ -17,6 +17,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use ztmesh_common::policy::Policy;
 pub const HTTP_URL_FILE: &str = "http-url";
 /// File recording the bound control (QUIC) address.
 pub const CONTROL_ADDR_FILE: &str = "control-addr";
+/// File recording the fingerprint of the HTTP listener's certificate (the CLI pins it).
+pub const HTTP_CERT_FP_FILE: &str = "http-cert-fp";
 /// How long open HTTP connections get to finish at shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(3);
 
@@ -169,7 +173,15 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> 
     bootstrap::record(dir, HTTP_URL_FILE, &local_url(http_addr, cfg.http_mode))?;
     bootstrap::record(dir, CONTROL_ADDR_FILE, &control_addr.to_string())?;
     let tls = match cfg.http_mode {
-        HttpMode::Tls => Some(tls_acceptor(&ident)?),
+        HttpMode::Tls => {
+            let (chain, key) = match &cfg.http_tls {
+                Some((c, k)) => load_pem(c, k)?,
+                None => (vec![ident.cert_der.clone()], ident.tls_key()),
+            };
+            // The CLI on this host pins whatever certificate the listener presents.
+            bootstrap::record(dir, HTTP_CERT_FP_FILE, &bootstrap::fingerprint(&chain[0]))?;
+            Some(tls_acceptor(chain, key)?)
+        }
         HttpMode::Plain => {
             if !http_addr.ip().is_loopback() {
                 warn!(%http_addr, "plain HTTP on a non-loopback address: a TLS-terminating proxy must be in front");
@@ -196,12 +208,32 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> 
     Ok(())
 }
 
-fn tls_acceptor(ident: &bootstrap::Identity) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// A PEM certificate chain and private key.
+fn load_pem(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{}: no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key {}", key.display()))?;
+    Ok((chain, key))
+}
+
+fn tls_acceptor(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(vec![ident.cert_der.clone()], ident.tls_key())?;
+        .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -45,6 +45,10 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path, policy: Option<&Path>) -> Server {
+        Self::start_with(dir, policy, &[]).await
+    }
+
+    async fn start_with(dir: &Path, policy: Option<&Path>, extra: &[&str]) -> Server {
         let _ = std::fs::remove_file(dir.join("http-url"));
         let _ = std::fs::remove_file(dir.join("control-addr"));
         let log = std::fs::OpenOptions::new()
@@ -70,6 +74,7 @@ impl Server {
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let read = |name: &str| {
@@ -616,4 +621,35 @@ async fn a_stored_policy_that_no_longer_parses_never_stops_the_server() {
     assert!(p.contains("tag:server"), "{p}");
     let key = last_line(&srv.ok(&["preauth", "create", "--tags", "tag:server"]));
     assert!(key.starts_with("ztk_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_http_certificate_is_served_and_pinned_by_the_local_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let ck = rcgen::generate_simple_self_signed(vec!["coord.example".into()]).unwrap();
+    let cert = write(tmp.path(), "http.crt", &ck.cert.pem());
+    let key = write(tmp.path(), "http.key", &ck.key_pair.serialize_pem());
+    let srv = Server::start_with(
+        &dir,
+        None,
+        &[
+            "--http-tls-cert",
+            cert.to_str().unwrap(),
+            "--http-tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let pinned = std::fs::read_to_string(dir.join("http-cert-fp")).unwrap();
+    assert_eq!(
+        pinned.trim(),
+        ztmesh_coordinator::bootstrap::fingerprint(ck.cert.der())
+    );
+    // The control plane keeps its own certificate (the join URL's fingerprint).
+    let own = std::fs::read(dir.join("tls.crt.der")).unwrap();
+    assert_ne!(own, ck.cert.der().to_vec());
+    // The local CLI pins the HTTP certificate and works.
+    let users = srv.json(&["users", "list", "--json"]);
+    assert!(users.as_array().unwrap().is_empty());
 }

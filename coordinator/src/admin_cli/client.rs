@@ -2,7 +2,7 @@
 //! `--api URL`), loads the bearer token, and pins TLS to the coordinator's own certificate.
 
 use crate::bootstrap::{self, ADMIN_TOKEN_FILE, TLS_CERT_FILE};
-use crate::serve::HTTP_URL_FILE;
+use crate::serve::{HTTP_CERT_FP_FILE, HTTP_URL_FILE};
 use anyhow::{bail, Context};
 use reqwest::{Method, StatusCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -145,9 +145,16 @@ impl ApiClient {
                     .unwrap_or_else(|| dir.join(ADMIN_TOKEN_FILE));
                 let token = std::fs::read_to_string(&tf)
                     .with_context(|| format!("reading {}", tf.display()))?;
-                let cert = std::fs::read(dir.join(TLS_CERT_FILE))
-                    .with_context(|| format!("reading the certificate in {}", dir.display()))?;
-                (url, token, Some(bootstrap::fingerprint(&cert)))
+                let fp = match bootstrap::read_recorded(dir, HTTP_CERT_FP_FILE)? {
+                    Some(fp) => fp,
+                    None => {
+                        let cert = std::fs::read(dir.join(TLS_CERT_FILE)).with_context(|| {
+                            format!("reading the certificate in {}", dir.display())
+                        })?;
+                        bootstrap::fingerprint(&cert)
+                    }
+                };
+                (url, token, Some(fp))
             }
             (None, None) => {
                 bail!("say which coordinator: --data-dir DIR, or --api URL --token-file FILE")
