@@ -506,7 +506,7 @@ impl ControlPlane {
         let t = now();
         let snapshot = {
             let core = self.core();
-            if !core.sessions.get(&id).is_some_and(|s| s.conn == conn) {
+            if !core.is_current(id, conn) {
                 return;
             }
             core.nodes.get(&id).map(|st| {
@@ -622,7 +622,7 @@ impl ControlPlane {
         let reported = device_reported(&attrs);
         let verdict = {
             let mut core = self.core();
-            if !core.sessions.get(&id).is_some_and(|s| s.conn == conn) {
+            if !core.is_current(id, conn) {
                 return;
             }
             let policy = core.policy.clone();
@@ -661,7 +661,7 @@ impl ControlPlane {
     pub(crate) fn endpoints(&self, id: NodeId, conn: u64, mut eps: Vec<std::net::SocketAddr>) {
         eps.truncate(MAX_ENDPOINTS);
         let mut core = self.core();
-        if !core.sessions.get(&id).is_some_and(|s| s.conn == conn) {
+        if !core.is_current(id, conn) {
             return;
         }
         if let Some(st) = core.nodes.get_mut(&id) {

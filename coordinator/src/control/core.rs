@@ -96,6 +96,11 @@ impl Core {
         }
     }
 
+    /// Whether `conn` is the connection currently serving node `id`.
+    pub fn is_current(&self, id: NodeId, conn: u64) -> bool {
+        self.sessions.get(&id).is_some_and(|s| s.conn == conn)
+    }
+
     /// Queue a message for a node's session, if connected. A session whose queue is full is
     /// dropped: it will reconnect and start from a full view.
     pub fn send(&mut self, to: NodeId, msg: ServerMsg) {

@@ -37,7 +37,12 @@ impl ControlPlane {
         key: PrivateKeyDer<'static>,
     ) -> anyhow::Result<QuicServer> {
         let cfg = tls::server_config(cert_chain, key)?;
-        let endpoint = quinn::Endpoint::server(cfg, listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(cfg),
+            tls::bind_udp(listen)?,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )?;
         info!(addr = %endpoint.local_addr()?, "control endpoint listening (QUIC, ALPN ztmesh/1)");
         let accept = tokio::spawn(accept_loop(self.clone(), endpoint.clone()));
         Ok(QuicServer { endpoint, accept })

@@ -93,7 +93,12 @@ pub fn client_config(cert: CertificateDer<'static>) -> anyhow::Result<quinn::Cli
 
 /// A client endpoint on loopback; many clients can share one.
 pub fn client_endpoint(cert: CertificateDer<'static>) -> anyhow::Result<quinn::Endpoint> {
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        super::tls::bind_udp("127.0.0.1:0".parse()?)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     ep.set_default_client_config(client_config(cert)?);
     Ok(ep)
 }

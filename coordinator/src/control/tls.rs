@@ -37,6 +37,24 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// Socket buffer asked for on the control endpoint: a burst of 1,000 handshakes (each
+/// Initial is >= 1,200 bytes) overflows the kernel default and costs clients seconds of
+/// retransmission back-off. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket for a QUIC endpoint with enlarged buffers (best effort).
+pub fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let sock = std::net::UdpSocket::bind(addr)?;
+    let state = quinn::udp::UdpSocketState::new((&sock).into())?;
+    if let Err(e) = state.set_recv_buffer_size((&sock).into(), SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = state.set_send_buffer_size((&sock).into(), SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
+    Ok(sock)
+}
+
 /// Transport parameters: one stream, windows just above one maximal client frame.
 pub fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
