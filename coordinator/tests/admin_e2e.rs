@@ -384,6 +384,31 @@ async fn admin_cli_end_to_end_against_a_real_server() {
     let out = srv.ok(&["policy", "set", policy.to_str().unwrap()]);
     assert!(out.contains("v2"), "{out}");
 
+    // custom:* attributes (MDM/EDR feeds) are set by admins; device attributes are not.
+    srv.ok(&["devices", "set-attr", "web-1", "custom:managed=true"]);
+    let shown = srv.json(&["devices", "show", &format!("n{}", node.0)]);
+    assert_eq!(shown["custom_attrs"]["custom:managed"], true, "{shown}");
+    let o = srv.cli(&["devices", "set-attr", "web-1", "node:os=linux"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("custom:"), "{}", stderr(&o));
+    srv.ok(&["devices", "unset-attr", "web-1", "custom:managed"]);
+    let shown = srv.json(&["devices", "show", "web-1"]);
+    assert!(
+        shown["custom_attrs"].as_object().unwrap().is_empty(),
+        "{shown}"
+    );
+    // Pre-auth keys can be revoked; a revoked key admits nobody.
+    let k2 = last_line(&srv.ok(&["preauth", "create", "--tags", "tag:server", "--reusable"]));
+    let keys = srv.json(&["preauth", "list", "--json"]);
+    let id2 = keys.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    srv.ok(&["preauth", "revoke", &id2]);
+    let (_c3, third) = join(&srv, "web-3", &k2).await;
+    assert!(matches!(third, ServerMsg::Refused { .. }), "{third:?}");
+    assert!(srv.ok(&["tokens", "list"]).contains("auditor"));
+
     // Revoke by hostname reaches the device within a second.
     let t0 = Instant::now();
     srv.ok(&["devices", "revoke", "web-1", "--reason", "test"]);
