@@ -272,3 +272,111 @@ impl Mesh {
         pushes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztmesh_common::posture::PostureAttrs;
+
+    const P1: &str = r#"{
+      "tagOwners": { "tag:a": [], "tag:b": [], "tag:c": [] },
+      "acls": [ { "action": "accept", "src": ["tag:a"], "dst": ["tag:b:443"] } ],
+    }"#;
+    const P2: &str = r#"{
+      "tagOwners": { "tag:a": [], "tag:b": [], "tag:c": [] },
+      "acls": [
+        { "action": "accept", "src": ["tag:a"], "dst": ["tag:b:443"] },
+        { "action": "accept", "src": ["tag:c"], "dst": ["tag:b:22"] },
+      ],
+    }"#;
+
+    fn policy(s: &str) -> Arc<Policy> {
+        Arc::new(Policy::parse(s, "t").unwrap())
+    }
+
+    fn node(id: u64, tag: &str) -> InventoryNode {
+        let (v4, v6) = ztmesh_common::addr::overlay_addrs(id as u32).unwrap();
+        InventoryNode {
+            id: NodeId(id),
+            user: None,
+            user_groups: vec![],
+            tags: vec![tag.into()],
+            addresses: vec![v4.into(), v6.into()],
+            posture: PostureAttrs::new(),
+        }
+    }
+
+    fn cred(serial: u8) -> SignedCredential {
+        SignedCredential {
+            body: vec![serial],
+            signature: vec![],
+        }
+    }
+
+    fn to(pushes: &[Push], id: u64) -> Vec<&NetMapDelta> {
+        pushes
+            .iter()
+            .filter(|p| p.to == NodeId(id))
+            .map(|p| &p.delta)
+            .collect()
+    }
+
+    #[test]
+    fn views_follow_joins_changes_and_removals_with_minimal_deltas() {
+        let mut m = Mesh::new(policy(P1));
+        assert!(m.upsert(node(1, "tag:a"), cred(1), None).is_empty());
+        let full_a = m.subscribe(NodeId(1)).unwrap();
+        assert!(full_a.peers.is_empty());
+        // b joins: a (subscribed) learns b; b is not subscribed yet, so nothing for it.
+        let p = m.upsert(node(2, "tag:b"), cred(2), None);
+        let d = to(&p, 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].base_version, full_a.version);
+        assert_eq!(
+            d[0].upsert,
+            vec![PeerEntry {
+                credential: cred(2),
+                endpoints: vec![]
+            }]
+        );
+        assert!(to(&p, 2).is_empty());
+        let full_b = m.subscribe(NodeId(2)).unwrap();
+        assert_eq!(full_b.peers.len(), 1);
+        assert_eq!(full_b.filter.len(), 1);
+        // c is unrelated: nobody hears of it.
+        assert!(m.upsert(node(3, "tag:c"), cred(3), None).is_empty());
+        // New endpoints of b reach a only.
+        let ep: SocketAddr = "198.18.0.2:41641".parse().unwrap();
+        let p = m.set_endpoints(NodeId(2), vec![ep]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].to, NodeId(1));
+        assert_eq!(p[0].delta.upsert[0].endpoints, vec![ep]);
+        assert!(m.set_endpoints(NodeId(2), vec![ep]).is_empty(), "no-op");
+        // A renewal (new credential) reaches a; b's own view is unchanged.
+        let p = m.upsert(node(2, "tag:b"), cred(9), None);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].delta.upsert[0].credential, cred(9));
+        assert_eq!(p[0].delta.upsert[0].endpoints, vec![ep], "endpoints kept");
+        // Posture-only change without view change: no delta.
+        assert!(m.update_inventory(node(2, "tag:b")).is_empty());
+        // Policy swap: b gains c as a peer plus a filter change; a is untouched.
+        let p = m.set_policy(policy(P2));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].to, NodeId(2));
+        assert_eq!(p[0].delta.upsert[0].credential, cred(3));
+        assert!(p[0].delta.filter.is_some());
+        // Removal: a and b told, versions chain.
+        let before = p[0].delta.version;
+        let p = m.remove(NodeId(3));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].delta.remove, vec![NodeId(3)]);
+        assert_eq!(p[0].delta.base_version, before);
+        let p = m.remove(NodeId(2));
+        assert_eq!(to(&p, 1)[0].remove, vec![NodeId(2)]);
+        assert!(m.remove(NodeId(2)).is_empty());
+        assert_eq!(m.member_count(), 1);
+        // A resubscription starts from a full map with a larger version.
+        let again = m.subscribe(NodeId(1)).unwrap();
+        assert!(again.version > full_a.version && again.peers.is_empty());
+    }
+}
