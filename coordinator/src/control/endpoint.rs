@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// A running control endpoint. Dropping it does not stop it; call [`QuicServer::close`].
+/// A running control endpoint. Dropping it closes it at once; [`QuicServer::close`] also
+/// waits until connections are closed.
 pub struct QuicServer {
     endpoint: quinn::Endpoint,
     accept: JoinHandle<()>,
@@ -24,6 +25,13 @@ impl QuicServer {
             .close(0u32.into(), b"coordinator shutting down");
         self.accept.abort();
         self.endpoint.wait_idle().await;
+    }
+}
+
+impl Drop for QuicServer {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"coordinator shutting down");
+        self.accept.abort();
     }
 }
 
