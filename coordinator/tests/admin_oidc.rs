@@ -1,0 +1,128 @@
+//! `serve` with an `[oidc]` table, against the real test IdP: the login page offers "Sign in
+//! with SSO", the OIDC routes are mounted, and a device waiting on its QUIC control connection
+//! is admitted as the IdP's user with mapped groups; a user without MFA is refused.
+
+mod admin_support;
+#[path = "oidc_support/mod.rs"]
+mod oidc_support;
+
+use admin_support::*;
+use oidc_support::{client, sign_in, totp_now, users, Idp, ALICE_TOTP};
+use serde_json::json;
+use std::time::Duration;
+use ztmesh_common::posture::PostureAttrs;
+use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
+use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestClient};
+
+const POLICY: &str = r#"{
+  "groups": { "group:eng": ["alice@example.test"] },
+  "tagOwners": { "tag:server": ["group:eng"] },
+  "acls": [ { "action": "accept", "src": ["group:eng"], "dst": ["tag:server:22"] } ],
+}"#;
+
+/// A device that asked for an interactive login; its login id.
+async fn interactive(srv: &Server, hostname: &str) -> (TestClient, String) {
+    let ep = client_endpoint(srv.cert()).unwrap();
+    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let (mut dev, _) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
+    dev.send(&ClientMsg::Login(login_request(
+        hostname,
+        LoginAuth::Interactive,
+        PostureAttrs::new(),
+    )))
+    .await
+    .unwrap();
+    let url = match dev.recv().await.unwrap() {
+        ServerMsg::LoginUrl { url } => url,
+        other => panic!("expected LoginUrl, got {other:?}"),
+    };
+    let id = url
+        .strip_prefix(&format!("{}/login/", srv.url))
+        .unwrap_or_else(|| panic!("{url} is not under {}", srv.url))
+        .to_owned();
+    (dev, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // The redirect URI must be registered before the IdP starts: pick the HTTP port first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let config = write(
+        tmp.path(),
+        "coordinator.toml",
+        &format!(
+            "http_listen = \"127.0.0.1:{port}\"\nhttp_plain_loopback = true\n\
+             control_listen = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1:7443\"\npolicy = {policy:?}\n\
+             [oidc]\nissuer = \"{}\"\nclient_id = \"ztmesh\"\nredirect_base = \"{base}\"\n\
+             allow_http_issuer = true\n",
+            idp.issuer
+        ),
+    );
+    let srv = Server::start_args(&dir, &["--config".into(), config.to_string_lossy().into()]).await;
+    assert_eq!(srv.url, base);
+
+    let (mut dev, login_id) = interactive(&srv, "alice-laptop").await;
+    let page = insecure_http()
+        .get(format!("{base}/login/{login_id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("/oidc/start/{login_id}")) && page.contains("Sign in with SSO"),
+        "{page}"
+    );
+
+    let done = sign_in(
+        &base,
+        &login_id,
+        "alice",
+        "alice-pw",
+        &totp_now(ALICE_TOTP),
+        false,
+    )
+    .await
+    .expect("not stopped");
+    assert_eq!(done.status, 200, "{done:?}");
+    let grant = loop {
+        match dev.recv().await.unwrap() {
+            ServerMsg::Credential(g) => break g,
+            ServerMsg::LoginUrl { .. } => continue,
+            other => panic!("expected a credential, got {other:?}"),
+        }
+    };
+    let devices = srv.json(&["devices", "list", "--json"]);
+    let d = &devices.as_array().unwrap()[0];
+    assert_eq!(d["id"], grant.node_id.0);
+    assert_eq!(d["user"], "alice@example.test");
+    let shown = srv.json(&["devices", "show", "alice-laptop"]);
+    assert!(
+        shown["user_groups"].to_string().contains("group:eng"),
+        "IdP groups are mapped: {shown}"
+    );
+    assert_eq!(shown["login_method"], "oidc");
+
+    // bob has no second factor: the relying party refuses him (require_mfa defaults on).
+    let (mut dev2, login2) = interactive(&srv, "bob-laptop").await;
+    let page = sign_in(&base, &login2, "bob", "bob-pw", "", false).await;
+    if let Ok(p) = page {
+        assert_ne!(p.status, 200, "{p:?}");
+    }
+    match dev2.recv_within(Duration::from_millis(500)).await {
+        Ok(Some(ServerMsg::Credential(_))) => panic!("bob must not be admitted"),
+        _ => {}
+    }
+    let tail = srv.ok(&["audit", "tail", "-n", "100"]);
+    assert!(tail.contains("alice@example.test"), "{tail}");
+}
