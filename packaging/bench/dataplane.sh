@@ -205,7 +205,7 @@ def iperf(path, udp=False):
     try:
         j = json.load(open(path))
         e = j["end"]
-        return (e["sum"]["bits_per_second"] if udp else e["sum_received"]["bits_per_second"]) / 1e9
+        return e["sum_received"]["bits_per_second"] / 1e9
     except Exception:
         return None
 def ping(path):

@@ -156,6 +156,10 @@ impl Default for RecvBufs {
     }
 }
 
+/// A GSO send is one UDP datagram to the kernel before segmentation: its payload must stay
+/// below 64 KiB.
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// Outgoing datagrams of one batch, grouped for GSO: consecutive datagrams to the same
 /// destination with the same size travel in one `sendmsg` (the last one may be shorter).
 pub struct TxBatch {
@@ -184,7 +188,13 @@ impl TxBatch {
         if let Some(run) = self.runs.last_mut() {
             let (dst, s, e, seg, closed) = run;
             let n = (*e - *s) / *seg;
-            if *dst == to && !*closed && d.len() <= *seg && n < self.max_segments && *e == start {
+            if *dst == to
+                && !*closed
+                && d.len() <= *seg
+                && n < self.max_segments
+                && *e == start
+                && *e - *s + d.len() <= MAX_GSO_BYTES
+            {
                 *e = start + d.len();
                 if d.len() < *seg {
                     *closed = true;

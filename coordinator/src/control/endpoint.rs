@@ -30,7 +30,8 @@ impl QuicServer {
 
 impl Drop for QuicServer {
     fn drop(&mut self) {
-        self.endpoint.close(0u32.into(), b"coordinator shutting down");
+        self.endpoint
+            .close(0u32.into(), b"coordinator shutting down");
         self.accept.abort();
     }
 }
