@@ -27,6 +27,10 @@ pub enum IpcError {
 pub struct Session {
     lines: Lines<BufReader<OwnedReadHalf>>,
     path: PathBuf,
+    /// A failed write of the request. The daemon may have answered (a refusal) and closed
+    /// before the request went out: its answer is still readable, so the error is reported
+    /// only when there is none.
+    write_error: Option<io::Error>,
 }
 
 /// Connects to the daemon and sends `req`.
@@ -45,25 +49,50 @@ pub async fn send(path: &Path, req: &Request) -> Result<Session, IpcError> {
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| IpcError::BadReply(e.to_string()))?;
     line.push(b'\n');
-    w.write_all(&line).await.map_err(|e| IpcError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let write_error = match w.write_all(&line).await {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => {
+            return Err(IpcError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
     Ok(Session {
         lines: BufReader::new(r).lines(),
         path: path.to_path_buf(),
+        write_error,
     })
 }
 
 impl Session {
     /// The next reply; `None` once the daemon has closed the connection.
     pub async fn next(&mut self) -> Result<Option<Reply>, IpcError> {
-        let line = self.lines.next_line().await.map_err(|e| IpcError::Io {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let line = match self.lines.next_line().await {
+            Ok(line) => line,
+            Err(e) => {
+                return Err(IpcError::Io {
+                    path: self.path.clone(),
+                    source: self.write_error.take().unwrap_or(e),
+                })
+            }
+        };
         match line {
-            None => Ok(None),
+            None => match self.write_error.take() {
+                Some(e) => Err(IpcError::Io {
+                    path: self.path.clone(),
+                    source: e,
+                }),
+                None => Ok(None),
+            },
             Some(l) => serde_json::from_str(&l)
                 .map(Some)
                 .map_err(|e| IpcError::BadReply(e.to_string())),
