@@ -331,7 +331,7 @@ impl Story<'_> {
         let before_expiry = cut.as_ref().is_ok_and(|(last, _)| *last + 1000 < expiry);
         self.record(
             "access ends when the credentials expire",
-            cut.is_ok() && !before_expiry && ms.is_some_and(|m| m <= 2000) && !after.is_ok(),
+            cut.is_ok() && !before_expiry && ms.is_some_and(|m| m <= 1000) && !after.is_ok(),
             format!("credential expiry at +{} ms after the stop; cut: {cut:?}; new connection: {after:?}",
                 expiry.saturating_sub(t_stop)),
         );
