@@ -207,7 +207,7 @@ impl FrameDecoder {
     }
 
     /// The next complete message, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
+    pub fn next_msg<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         let Some(len) = self.announced_len()? else {
             return Ok(None);
         };
@@ -248,7 +248,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in [&bytes[..split], &bytes[split..]] {
                 d.push(chunk);
-                while let Some(m) = d.next::<ClientMsg>().unwrap() {
+                while let Some(m) = d.next_msg::<ClientMsg>().unwrap() {
                     got.push(m);
                 }
             }
@@ -262,13 +262,13 @@ mod tests {
         let mut d = FrameDecoder::new(16);
         d.push(&1000u32.to_be_bytes());
         assert_eq!(
-            d.next::<ClientMsg>(),
+            d.next_msg::<ClientMsg>(),
             Err(WireError::Oversized { len: 1000, max: 16 })
         );
         let mut d = FrameDecoder::new(16);
         d.push(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
         assert!(matches!(
-            d.next::<ClientMsg>(),
+            d.next_msg::<ClientMsg>(),
             Err(WireError::Malformed(_))
         ));
     }

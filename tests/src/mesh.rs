@@ -66,14 +66,7 @@ impl Lab {
         }
         let config = dir.join("coordinator.toml");
         std::fs::write(&config, cfg)?;
-        let bin = bins::binary("ztmesh-coordinator")?;
-        let process = self.spawn_env(
-            "coord",
-            "coordinator",
-            &bin,
-            &["serve", "--config", &config.to_string_lossy()],
-            &[("ZTMESH_LOG", "info,ztmesh_coordinator=debug")],
-        )?;
+        let process = self.spawn_coordinator(&config, "coordinator")?;
         let mut c = Coordinator {
             process,
             data_dir,
@@ -87,7 +80,29 @@ impl Lab {
     }
 }
 
+impl Lab {
+    fn spawn_coordinator(&self, config: &Path, name: &str) -> Result<Process, LabError> {
+        let bin = bins::binary("ztmesh-coordinator")?;
+        self.spawn_env(
+            "coord",
+            name,
+            &bin,
+            &["serve", "--config", &config.to_string_lossy()],
+            &[("ZTMESH_LOG", "info,ztmesh_coordinator=debug")],
+        )
+    }
+}
+
 impl Coordinator {
+    /// Kills the coordinator with SIGKILL (no chance to flush or say goodbye) and starts it
+    /// again on the same data directory and configuration; returns once it serves again.
+    /// The new process logs to `coordinator-N` so the old log stays readable.
+    pub fn kill_and_restart(&mut self, lab: &Lab, generation: u32) -> Result<(), LabError> {
+        self.process.kill();
+        self.process = lab.spawn_coordinator(&self.config, &format!("coordinator-{generation}"))?;
+        self.wait_ready(lab)
+    }
+
     fn wait_ready(&mut self, lab: &Lab) -> Result<(), LabError> {
         let addr = format!("{COORD_ADDR}:{HTTP_PORT}");
         let mut exited = false;
@@ -249,6 +264,7 @@ pub struct Client {
 pub struct Status {
     pub state: String,
     pub connected: bool,
+    pub connected_since_ms: Option<u64>,
     pub login_url: Option<String>,
     pub refused: Vec<String>,
     pub revoked: Option<String>,

@@ -150,7 +150,7 @@ async fn read_loop(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<ServerMs
     let mut dec = FrameDecoder::new(wire::MAX_SERVER_FRAME);
     loop {
         loop {
-            match dec.next::<ServerMsg>() {
+            match dec.next_msg::<ServerMsg>() {
                 Ok(Some(m)) => {
                     if tx.send(Ok(m)).await.is_err() {
                         return;

@@ -154,7 +154,7 @@ pub async fn run(
                 admitted: false,
             },
         };
-        deps.shared.lock().connected = false;
+        deps.shared.lock().connected_since = None;
         let delay = match end {
             ConnEnd::LoggedOut => return SessionEnd::LoggedOut,
             ConnEnd::Revoked(r) => return SessionEnd::Revoked(r),
@@ -212,7 +212,7 @@ async fn run_conn(
     let coordinator = c.welcome.coordinator_key;
     {
         let mut st = deps.shared.lock();
-        st.connected = true;
+        st.connected_since = Some(now_ms());
         st.last_error = None;
         st.coordinator_key = Some(coordinator);
     }

@@ -47,7 +47,8 @@ pub struct ControlState {
     pub phase: Phase,
     pub coordinator: Option<String>,
     pub hostname: String,
-    pub connected: bool,
+    /// When the current control connection came up; `None` while disconnected.
+    pub connected_since: Option<UnixMillis>,
     pub coordinator_key: Option<CoordinatorPublicKey>,
     pub login_url: Option<String>,
     pub reauth_url: Option<String>,

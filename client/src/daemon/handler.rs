@@ -52,7 +52,7 @@ async fn handle(d: Arc<Daemon>, req: Request, tx: mpsc::Sender<Reply>) {
                 st.netmap_version = None;
                 st.renew_at = None;
                 st.login_url = None;
-                st.connected = false;
+                st.connected_since = None;
             }
             tracing::info!("left the mesh (down)");
             let _ = tx

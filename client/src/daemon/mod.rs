@@ -105,7 +105,7 @@ impl Daemon {
             st.coordinator = Some(join_url.to_string());
             st.hostname = hostname.clone();
             st.phase = Phase::Connecting;
-            st.connected = false;
+            st.connected_since = None;
             st.refused.clear();
             st.revoked = None;
             st.login_url = None;

@@ -66,7 +66,8 @@ pub fn report(
         }
         .to_string(),
         coordinator: st.coordinator.clone(),
-        connected: st.connected,
+        connected: st.connected_since.is_some(),
+        connected_since_ms: st.connected_since.map(|t| t.0),
         login_url: st.login_url.clone(),
         reauth_url: st.reauth_url.clone(),
         refused: st.refused.clone(),

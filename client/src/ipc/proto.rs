@@ -80,6 +80,9 @@ pub struct StatusReport {
     pub coordinator: Option<String>,
     /// Whether the control connection is up right now.
     pub connected: bool,
+    /// Unix milliseconds at which the current control connection came up (a reconnect
+    /// moves it forward).
+    pub connected_since_ms: Option<u64>,
     pub login_url: Option<String>,
     pub reauth_url: Option<String>,
     pub refused: Vec<String>,

@@ -174,7 +174,7 @@ async fn serve_conn(
             chunk = recv.read_chunk(65536, true) => {
                 let Ok(Some(chunk)) = chunk else { break };
                 dec.push(&chunk.bytes);
-                while let Ok(Some(msg)) = dec.next::<ClientMsg>() {
+                while let Ok(Some(msg)) = dec.next_msg::<ClientMsg>() {
                     if let (false, ClientMsg::Hello(h)) = (hello_seen, &msg) {
                         hello_seen = true;
                         let proof_ok = verify_proof(&h.machine_key, &h.proof, &ekm);

@@ -388,6 +388,7 @@ impl ControlPlane {
         let failures = verdict.clone().err().unwrap_or_default();
         let expires = state.credential.expires_at;
         let (hostname, reported2, ok) = (req.hostname.clone(), reported.clone(), verdict.is_ok());
+        let signed = state.signed.clone();
         let update = self
             .blocking(move |s| {
                 s.update_device(id, &mut |d| {
@@ -404,8 +405,8 @@ impl ControlPlane {
                     d.posture_failures = failures.clone();
                     d.last_seen = Some(t);
                     if ok {
-                        d.credential_expires_at = Some(expires);
-                        d.credential_serial = Some(serial);
+                        d.set_credential(&signed, expires, serial);
+                        d.endpoints = endpoints.clone();
                     }
                 })
             })
@@ -550,7 +551,7 @@ impl ControlPlane {
             }
         };
         let reported = device_reported(&req.posture);
-        let (cred, wake) = {
+        let (cred, signed, wake) = {
             let mut core = self.core();
             let lifetimes = core.policy.lifetimes();
             let Some(st) = core.nodes.get_mut(&id) else {
@@ -582,16 +583,16 @@ impl ControlPlane {
                 renew_at: issue::renew_at(cred.issued_at, cred.expires_at),
                 posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
             };
-            let pushes = core.mesh.upsert(inv, signed, None);
+            let pushes = core.mesh.upsert(inv, signed.clone(), None);
             core.push_all(pushes);
             core.send(id, ServerMsg::Credential(grant));
             let wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
-            (cred, wake)
+            (cred, signed, wake)
         };
         if wake {
             self.wake_sweeper();
         }
-        let expires = cred.expires_at;
+        let (expires, signed) = (cred.expires_at, signed);
         let _ = self
             .blocking(move |s| {
                 s.update_device(id, &mut |d| {
@@ -599,8 +600,7 @@ impl ControlPlane {
                     d.posture_reported_at = Some(t);
                     d.posture_ok = Some(true);
                     d.posture_failures.clear();
-                    d.credential_expires_at = Some(expires);
-                    d.credential_serial = Some(serial);
+                    d.set_credential(&signed, expires, serial);
                     d.last_seen = Some(t);
                 })
             })
@@ -667,8 +667,16 @@ impl ControlPlane {
         if let Some(st) = core.nodes.get_mut(&id) {
             st.endpoints = eps.clone();
         }
-        let pushes = core.mesh.set_endpoints(id, eps);
+        let pushes = core.mesh.set_endpoints(id, eps.clone());
         core.push_all(pushes);
+        drop(core);
+        // Durable so that a restarted coordinator can tell peers where the node is.
+        let store = self.store();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.update_device(id, &mut |d| d.endpoints = eps.clone()) {
+                warn!(node = %id, error = %e, "could not store the node's endpoints");
+            }
+        });
     }
 
     /// `Logout`: the user ends this device's session.
@@ -682,7 +690,7 @@ impl ControlPlane {
                 s.update_device(id, &mut |d| {
                     d.login_expires_at = None;
                     d.refresh_token = None;
-                    d.credential_expires_at = None;
+                    d.clear_credential();
                 })
             })
             .await;
@@ -726,7 +734,7 @@ impl ControlPlane {
         let _ = self
             .blocking(move |s| {
                 s.update_device(id, &mut |d| {
-                    d.credential_expires_at = None;
+                    d.clear_credential();
                     if admin {
                         d.revoked = true;
                         d.revoked_reason = Some(r.clone());
@@ -783,7 +791,7 @@ impl ControlPlane {
             Ok(Ok(n)) => n,
             _ => return,
         };
-        let wake = {
+        let (signed, expires, wake) = {
             let mut core = self.core();
             let lifetimes = core.policy.lifetimes();
             let Some(st) = core.nodes.get_mut(&id) else {
@@ -824,12 +832,12 @@ impl ControlPlane {
                 renew_at: issue::renew_at(cred.issued_at, cred.expires_at),
                 posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
             };
-            let pushes = core.mesh.upsert(inv, signed, None);
+            let pushes = core.mesh.upsert(inv, signed.clone(), None);
             core.push_all(pushes);
             core.send(id, ServerMsg::Credential(grant));
             let mut wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
             wake |= core.set_deadline(id, Kind::LoginExpiry, until);
-            wake
+            (signed, cred.expires_at, wake)
         };
         if wake {
             self.wake_sweeper();
@@ -843,6 +851,7 @@ impl ControlPlane {
             .blocking(move |s| {
                 s.update_device(id, &mut |d| {
                     d.login_expires_at = Some(until);
+                    d.set_credential(&signed, expires, serial);
                     d.user_groups = groups.clone();
                     if token.is_some() {
                         d.refresh_token = token.clone();

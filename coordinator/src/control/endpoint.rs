@@ -2,8 +2,11 @@
 //! session task per connection.
 
 use super::{session, tls, ControlPlane};
+use ed25519_dalek::SigningKey;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -47,15 +50,41 @@ impl ControlPlane {
     ) -> anyhow::Result<QuicServer> {
         let cfg = tls::server_config(cert_chain, key)?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(&self.inner.key),
             Some(cfg),
             tls::bind_udp(listen)?,
-            std::sync::Arc::new(quinn::TokioRuntime),
+            Arc::new(quinn::TokioRuntime),
         )?;
         info!(addr = %endpoint.local_addr()?, "control endpoint listening (QUIC, ALPN ztmesh/1)");
         let accept = tokio::spawn(accept_loop(self.clone(), endpoint.clone()));
         Ok(QuicServer { endpoint, accept })
     }
+}
+
+/// QUIC stateless resets that survive a restart. Both the reset key and the key that
+/// authenticates our connection IDs are derived from the coordinator's signing key, so after a
+/// crash the new process recognises a client's packets on its old connection as ours and
+/// answers with a reset the client accepts: the client reconnects at once instead of waiting
+/// for the idle timeout. (quinn's defaults are random per process, so a restarted endpoint
+/// drops those packets as carrying an invalid CID.) The derived keys only authenticate resets
+/// and CIDs; neither can be turned back into the signing key.
+fn endpoint_config(key: &SigningKey) -> quinn::EndpointConfig {
+    let derive = |label: &[u8]| {
+        Sha256::new()
+            .chain_update(label)
+            .chain_update(key.to_bytes())
+            .finalize()
+    };
+    let reset_secret = derive(b"ztmesh/1 QUIC stateless reset key");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret);
+    let cid_secret = derive(b"ztmesh/1 QUIC connection id key");
+    let cid_key = u64::from_le_bytes(cid_secret[..8].try_into().expect("8 bytes"));
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    cfg
 }
 
 async fn accept_loop(cp: ControlPlane, endpoint: quinn::Endpoint) {

@@ -37,7 +37,7 @@ impl FrameReader {
     /// The next message.
     pub async fn next(&mut self) -> Result<ClientMsg, ReadError> {
         loop {
-            if let Some(msg) = self.decoder.next::<ClientMsg>()? {
+            if let Some(msg) = self.decoder.next_msg::<ClientMsg>()? {
                 return Ok(msg);
             }
             // Refuse an oversized frame as soon as its length prefix is in, not after buffering it.

@@ -17,6 +17,7 @@ pub mod issue;
 pub mod login;
 pub mod mesh;
 pub mod proof;
+mod restore;
 mod session;
 mod sweeper;
 pub mod testkit;
@@ -155,22 +156,26 @@ pub fn now() -> UnixMillis {
 const EMPTY_POLICY: &str = "{}";
 
 impl ControlPlane {
-    /// Build the control plane over `store`, with the policy it holds. A stored policy that no
-    /// longer parses never stops the coordinator: the newest one that does is used, else an
-    /// empty (deny-all) policy. Must be called inside a tokio runtime (it starts the sweeper).
+    /// Build the control plane over `store`, with the policy it holds and the devices whose
+    /// credentials are still valid back in the mesh. A stored policy that no longer parses
+    /// never stops the coordinator: the newest one that does is used, else an empty (deny-all)
+    /// policy. Must be called inside a tokio runtime (it starts the sweeper).
     pub fn new(
         store: Arc<dyn Store>,
         key: SigningKey,
         cfg: ControlConfig,
     ) -> Result<Self, ControlError> {
         let policy = Arc::new(load_policy(store.as_ref())?);
+        let coordinator_key = coordinator_public_key(&key);
+        let mut core = Core::new(policy);
+        restore::restore_admitted(&mut core, store.list_devices()?, &coordinator_key, now());
         let inner = Arc::new(Inner {
             store,
-            coordinator_key: coordinator_public_key(&key),
+            coordinator_key,
             key,
             unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
             cfg,
-            core: Mutex::new(Core::new(policy)),
+            core: Mutex::new(core),
             logins: Logins::default(),
             sweeper_wake: Arc::new(Notify::new()),
             reverifier: RwLock::new(None),

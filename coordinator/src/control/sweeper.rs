@@ -68,7 +68,7 @@ impl ControlPlane {
         };
         info!(node = %id, hostname = %st.hostname, "credential expired; node removed from every view");
         let _ = self
-            .blocking(move |s| s.update_device(id, &mut |d| d.credential_expires_at = None))
+            .blocking(move |s| s.update_device(id, &mut |d| d.clear_credential()))
             .await;
         self.audit(
             "system".into(),

@@ -176,7 +176,7 @@ impl TestClient {
     pub async fn recv_within(&mut self, d: Duration) -> anyhow::Result<Option<ServerMsg>> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
-            if let Some(m) = self.decoder.next::<ServerMsg>()? {
+            if let Some(m) = self.decoder.next_msg::<ServerMsg>()? {
                 return Ok(Some(m));
             }
             let chunk = match tokio::time::timeout_at(

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use ztmesh_common::credential::SignedCredential;
 use ztmesh_common::ids::{MachinePublicKey, NodeId};
 use ztmesh_common::posture::PostureAttrs;
 use ztmesh_common::time::UnixMillis;
@@ -77,9 +79,36 @@ pub struct DeviceRecord {
     pub credential_expires_at: Option<UnixMillis>,
     #[serde(default)]
     pub credential_serial: Option<u64>,
+    /// The signed credential in force (public: every peer receives it), so that a restarted
+    /// coordinator puts the node back into its peers' views until it expires.
+    #[serde(default)]
+    pub credential: Option<SignedCredential>,
+    /// Underlay endpoints the device last reported.
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
     pub created_at: UnixMillis,
     #[serde(default)]
     pub last_seen: Option<UnixMillis>,
+}
+
+impl DeviceRecord {
+    /// Record the credential just issued to the device.
+    pub fn set_credential(
+        &mut self,
+        signed: &SignedCredential,
+        expires_at: UnixMillis,
+        serial: u64,
+    ) {
+        self.credential = Some(signed.clone());
+        self.credential_expires_at = Some(expires_at);
+        self.credential_serial = Some(serial);
+    }
+
+    /// The device holds no credential any more (revoked, expired, logged out).
+    pub fn clear_credential(&mut self) {
+        self.credential = None;
+        self.credential_expires_at = None;
+    }
 }
 
 /// A pre-auth key. Only the SHA-256 of the key is kept; the key itself is shown once.

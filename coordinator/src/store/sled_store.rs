@@ -241,6 +241,8 @@ impl Store for SledStore {
                     refresh_token: None,
                     credential_expires_at: None,
                     credential_serial: None,
+                    credential: None,
+                    endpoints: Vec::new(),
                     created_at: new.created_at,
                     last_seen: None,
                 };

@@ -62,6 +62,8 @@ pub struct Harness {
     pub store: Arc<SledStore>,
     pub endpoint: quinn::Endpoint,
     pub cert: CertificateDer<'static>,
+    /// The coordinator's signing key, kept across [`Harness::restart`].
+    pub key: SigningKey,
     _dir: tempfile::TempDir,
 }
 
@@ -84,8 +86,8 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path().join("db")).unwrap());
         store.put_policy(policy, "test", now()).unwrap();
-        let key = SigningKey::from_bytes(&rand::random());
-        let cp = ControlPlane::new(store.clone(), key, cfg).unwrap();
+        let signing_key = SigningKey::from_bytes(&rand::random());
+        let cp = ControlPlane::new(store.clone(), signing_key.clone(), cfg).unwrap();
         assert!(
             cp.policy().run_tests().is_empty(),
             "test policy must parse and pass"
@@ -105,8 +107,33 @@ impl Harness {
             store,
             endpoint,
             cert,
+            key: signing_key,
             _dir: dir,
         }
+    }
+
+    /// Stop the control plane (every connection dropped, nothing said) and start a new one on
+    /// the same store and signing key, as a restarted coordinator process would.
+    pub async fn restart(&mut self) {
+        drop(self.server.take());
+        let cp = ControlPlane::new(
+            self.store.clone(),
+            self.key.clone(),
+            ControlConfig::default(),
+        )
+        .unwrap();
+        self.cp = cp;
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let server = self
+            .cp
+            .start_quic("127.0.0.1:0".parse().unwrap(), vec![cert.clone()], key)
+            .unwrap();
+        self.addr = server.local_addr().unwrap();
+        self.server = Some(server);
+        self.endpoint = testkit::client_endpoint(cert.clone()).unwrap();
+        self.cert = cert;
     }
 
     /// A pre-auth key for `tags`.
@@ -143,7 +170,26 @@ impl Harness {
 
     /// Connect and log in with a pre-auth key; panics unless admitted.
     pub async fn join(&self, hostname: &str, key: &str, posture: PostureAttrs) -> Device {
-        let (mut client, welcome) = self.connect().await;
+        self.join_as(
+            SigningKey::from_bytes(&rand::random()),
+            hostname,
+            key,
+            posture,
+        )
+        .await
+    }
+
+    /// [`Harness::join`] with a given machine key (the same device joining again).
+    pub async fn join_as(
+        &self,
+        machine_key: SigningKey,
+        hostname: &str,
+        key: &str,
+        posture: PostureAttrs,
+    ) -> Device {
+        let (mut client, welcome) = TestClient::connect(&self.endpoint, self.addr, machine_key)
+            .await
+            .unwrap();
         let req = testkit::login_request(hostname, LoginAuth::AuthKey(key.into()), posture);
         client.send(&ClientMsg::Login(req)).await.unwrap();
         let (node, credential) = expect_credential(&mut client, &welcome).await;
