@@ -282,6 +282,7 @@ pub struct SelfStatus {
     pub user: Option<String>,
     pub tags: Vec<String>,
     pub expires_at_ms: Option<u64>,
+    pub wg_public_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -292,6 +293,7 @@ pub struct PeerStatus {
     pub addresses: Vec<String>,
     pub user: Option<String>,
     pub tags: Vec<String>,
+    pub wg_public_key: String,
     pub last_handshake_ms: Option<u64>,
 }
 
@@ -367,6 +369,12 @@ impl Client {
         let mut full = args.to_vec();
         full.extend(["--socket", &sock]);
         lab.exec(&self.host, &bin, &full, timeout)
+    }
+
+    /// Any `ztmesh` command against this daemon; the exit code and combined output.
+    pub fn run_cli(&self, lab: &Lab, args: &[&str]) -> Result<(i32, String), LabError> {
+        let out = self.cli(lab, args, Duration::from_secs(30))?;
+        Ok((out.status.code().unwrap_or(-1), output_text(&out)))
     }
 
     /// `ztmesh status --json`.

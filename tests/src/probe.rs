@@ -159,6 +159,51 @@ impl Lab {
             .ok_or_else(|| LabError::Setup(format!("probe printed no result: {text}")))
     }
 
+    /// `count` ICMP echoes (v4 or v6 by the address) from `from` to `ip`, 200 ms apart, each
+    /// waiting at most a second; whether any reply came back.
+    pub fn ping(&self, from: &str, ip: &str, count: u32) -> Result<bool, LabError> {
+        let n = count.max(1).to_string();
+        let out = self.exec(
+            from,
+            std::path::Path::new("ping"),
+            &["-n", "-q", "-c", &n, "-i", "0.2", "-W", "1", ip],
+            Duration::from_secs(u64::from(count) + 5),
+        )?;
+        Ok(out.status.success())
+    }
+
+    /// Runs `ztmesh-lab flood` from `from` at `addr` (bounded: `count` datagrams, 10 s);
+    /// returns its summary line.
+    pub fn flood(&self, from: &str, addr: &str, count: u64) -> Result<String, LabError> {
+        let n = count.to_string();
+        let out = self.exec(
+            from,
+            &Lab::tool()?,
+            &["flood", addr, "--count", &n, "--max-secs", "10"],
+            Duration::from_secs(20),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs `ztmesh-lab malformed` on `from`: `count` malformed IPv4 packets from `src` to
+    /// `dst` through its stack (and so through its TUN device); returns the summary line.
+    pub fn malformed(
+        &self,
+        from: &str,
+        dst: &str,
+        src: &str,
+        count: u64,
+    ) -> Result<String, LabError> {
+        let n = count.to_string();
+        let out = self.exec(
+            from,
+            &Lab::tool()?,
+            &["malformed", dst, "--src", src, "--count", &n],
+            Duration::from_secs(20),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Opens a connection from `from` to the echo service at `addr` and keeps it carrying a
     /// small echo every 50 ms (for at most `max`); returns once it is established.
     pub fn hold(&self, from: &str, addr: &str, max: Duration) -> Result<HoldHandle, LabError> {

@@ -58,11 +58,14 @@ struct Story<'a> {
 /// it can still run.
 pub fn run(n: &mut dyn Narrator) -> Report {
     let lab = match Lab::builder()
+        // The server has a public address; the laptops sit on two LANs behind NAT routers
+        // and reach it the way WireGuard clients behind NAT do (they send first, the server
+        // answers the address their authenticated packets came from).
         .host("web", Site::Internet)
-        .host("alice", Site::Internet)
-        .host("dave", Site::Internet)
-        .host("bob", Site::Internet)
-        .host("carol", Site::Internet)
+        .host("alice", Site::Lan(1))
+        .host("dave", Site::Lan(1))
+        .host("bob", Site::Lan(2))
+        .host("carol", Site::Lan(2))
         .build()
     {
         Ok(l) => l,
@@ -168,6 +171,7 @@ impl Story<'_> {
             first.is_ok() && !ssh.is_ok(),
             format!("443: {first:?}; 22: {ssh:?}"),
         );
+        self.directions(&alice, &web, &web_ip)?;
         let (dave, _) = self.login("dave", &users[1], Posture::Compliant, &coord)?;
 
         // bob (sales) does not even see the web server.
@@ -175,11 +179,12 @@ impl Story<'_> {
         let lab = &self.lab;
         let st = bob.status(lab)?;
         let probe = lab.probe_tcp("bob", &web443, PROBE)?;
+        let pinged = lab.ping("bob", &web_ip, 2)?;
         self.record(
             "bob (sales) does not see the web server",
-            st.state == "running" && !st.has_peer("web") && !probe.is_ok(),
+            st.state == "running" && !st.has_peer("web") && !probe.is_ok() && !pinged,
             format!(
-                "state {}, peers {:?}, web:443 {probe:?}",
+                "state {}, peers {:?}, web:443 {probe:?}, ping answered: {pinged}",
                 st.state,
                 peer_names(&st)
             ),
@@ -246,6 +251,35 @@ impl Story<'_> {
             s.state == "running" || s.state == "refused"
         })?;
         Ok((c, t))
+    }
+
+    /// ICMP as the policy says (the acl names no protocol, so ICMP and ICMPv6 are in), and
+    /// only in the direction it grants: the server cannot open a connection to the laptop.
+    fn directions(&mut self, alice: &Client, web: &Client, web_ip: &str) -> Result<(), LabError> {
+        let lab = &self.lab;
+        let web_v6 = web
+            .status(lab)?
+            .self_
+            .addresses
+            .into_iter()
+            .find(|a| a.contains(':'))
+            .unwrap_or_default();
+        let v4 = lab.ping("alice", web_ip, 2)?;
+        let v6 = !web_v6.is_empty() && lab.ping("alice", &web_v6, 2)?;
+        let (cli_code, cli_out) = alice.run_cli(lab, &["ping", "web", "--count", "2"])?;
+        let alice_ip = alice.status(lab)?.overlay_v4().unwrap_or_default();
+        let _svc = lab.serve("alice", "alice-service", &[9000], &[])?;
+        let reverse = lab.probe_tcp("web", &format!("{alice_ip}:9000"), PROBE)?;
+        self.record(
+            "ICMP and direction as the policy says",
+            v4 && v6 && cli_code == 0 && !reverse.is_ok(),
+            format!(
+                "alice pings web: v4 {v4}, v6 {v6}; `ztmesh ping web` exit {cli_code} ({}); \
+                 web -> alice:9000 {reverse:?}",
+                cli_out.lines().last().unwrap_or_default().trim()
+            ),
+        );
+        Ok(())
     }
 
     fn carol(&mut self, user: &IdpUser, coord: &Coordinator) -> Result<(), LabError> {

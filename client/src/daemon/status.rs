@@ -45,6 +45,7 @@ pub fn report(
                 addresses: p.cred.addresses.iter().map(|a| a.to_string()).collect(),
                 user: p.cred.user.clone(),
                 tags: p.cred.tags.clone(),
+                wg_public_key: p.cred.wg_public_key.to_base64(),
                 endpoint: live
                     .and_then(|s| s.endpoint)
                     .or_else(|| p.endpoints.first().copied())

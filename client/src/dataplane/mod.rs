@@ -164,9 +164,15 @@ impl DataPlane {
         self.with_engine(|st| st.engine.apply_delta(now_ms(), delta, &mut st.deferred))
     }
 
-    /// Revoked or down: drop all peers and the identity; all traffic stops.
+    /// Revoked or down: drop all peers and the identity; all traffic stops, and the overlay
+    /// addresses leave the TUN device (nothing on the host may still bind or answer on them).
     pub fn clear(&self) {
-        self.with_engine(|st| st.engine.clear(now_ms(), &mut st.deferred))
+        self.with_engine(|st| {
+            st.engine.clear(now_ms(), &mut st.deferred);
+            if !st.applied_addresses.is_empty() {
+                st.addresses = Some(Vec::new());
+            }
+        })
     }
 
     pub fn status(&self) -> DataPlaneStatus {

@@ -120,6 +120,8 @@ pub struct PeerStatus {
     pub addresses: Vec<String>,
     pub user: Option<String>,
     pub tags: Vec<String>,
+    /// The peer's current WireGuard public key (it changes at every credential renewal).
+    pub wg_public_key: String,
     pub endpoint: Option<String>,
     /// Unix milliseconds of the last completed WireGuard handshake.
     pub last_handshake_ms: Option<u64>,

@@ -3,7 +3,9 @@
 //! when it is cut. Every mode ends by itself within its time limit.
 
 mod browse;
+mod flood;
 mod hold;
+mod malformed;
 mod probe;
 mod serve;
 
@@ -65,6 +67,24 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
     },
+    /// Sends `count` hostile datagrams (random, fake handshake initiations, bogus data
+    /// messages, truncated) to a WireGuard port as fast as it can, for at most `max_secs`.
+    Flood {
+        addr: String,
+        #[arg(long, default_value_t = 20_000)]
+        count: u64,
+        #[arg(long, default_value_t = 10)]
+        max_secs: u64,
+    },
+    /// Sends `count` malformed IPv4 packets from `src` to `dst` through the local stack (a raw
+    /// socket), so that they leave through whatever device routes `dst`: the ztmesh TUN.
+    Malformed {
+        dst: String,
+        #[arg(long)]
+        src: String,
+        #[arg(long, default_value_t = 2_000)]
+        count: u64,
+    },
 }
 
 /// Milliseconds since the Unix epoch, comparable with the test's clock.
@@ -114,5 +134,11 @@ fn main() {
             cut_after_ms,
             max_secs,
         } => hold::run(&addr, interval_ms, cut_after_ms, max_secs),
+        Cmd::Flood {
+            addr,
+            count,
+            max_secs,
+        } => flood::run(&addr, count, max_secs),
+        Cmd::Malformed { dst, src, count } => malformed::run(&dst, &src, count.min(100_000)),
     }
 }
