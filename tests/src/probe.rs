@@ -28,6 +28,26 @@ impl ProbeOutcome {
     }
 }
 
+impl std::fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeOutcome::Ok { ms, .. } => write!(f, "answered in {ms} ms"),
+            ProbeOutcome::Refused => f.write_str("refused"),
+            ProbeOutcome::Timeout => f.write_str("no answer (dropped)"),
+            ProbeOutcome::NoReply => f.write_str("connected, but no reply"),
+            ProbeOutcome::Error { message } => f.write_str(message),
+        }
+    }
+}
+
+/// A probe that was retried until it held (or not), for narration.
+pub fn describe(r: &Result<ProbeOutcome, LabError>) -> String {
+    match r {
+        Ok(o) => o.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// One event line of `ztmesh-lab hold`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]

@@ -95,7 +95,11 @@ pub fn run(n: &mut dyn Narrator) -> Report {
     s.record(
         "no process panicked",
         panics.is_empty(),
-        format!("{panics:?}"),
+        if panics.is_empty() {
+            "every log of the lab's processes was searched".to_string()
+        } else {
+            format!("{panics:?}")
+        },
     );
     s.report
 }
@@ -140,9 +144,9 @@ impl Story<'_> {
             "a server joins with a pre-auth key as tag:web",
             ok,
             format!(
-                "exit {code}, tags {:?}, address {web_ip}; {}",
-                st.self_.tags,
-                out.trim()
+                "`ztmesh up --auth-key` exit {code}: {} (tags {})",
+                out.trim(),
+                st.self_.tags.join(",")
             ),
         );
         if !ok {
@@ -169,7 +173,7 @@ impl Story<'_> {
         self.record(
             "alice (eng, MFA) reaches web:443 and is refused on :22",
             first.is_ok() && !ssh.is_ok(),
-            format!("443: {first:?}; 22: {ssh:?}"),
+            format!("web:443 {}; web:22 {ssh}", crate::probe::describe(&first)),
         );
         self.directions(&alice, &web, &web_ip)?;
         let (dave, _) = self.login("dave", &users[1], Posture::Compliant, &coord)?;
@@ -184,9 +188,10 @@ impl Story<'_> {
             "bob (sales) does not see the web server",
             st.state == "running" && !st.has_peer("web") && !probe.is_ok() && !pinged,
             format!(
-                "state {}, peers {:?}, web:443 {probe:?}, ping answered: {pinged}",
+                "bob is {}, his peers: [{}]; web:443 {probe}; ping {}",
                 st.state,
-                peer_names(&st)
+                peer_names(&st).join(", "),
+                if pinged { "answered" } else { "unanswered" }
             ),
         );
 
@@ -212,7 +217,14 @@ impl Story<'_> {
         self.record(
             "the admin tightens the policy live (443 closes, 8443 stays)",
             set.is_ok() && cut.is_ok() && still.is_ok(),
-            format!("policy set: {set:?}; 443 after: {cut:?}; 8443: {still:?}"),
+            format!(
+                "{}; web:443 then {}; web:8443 {still}",
+                match &set {
+                    Ok(out) => out.trim().to_string(),
+                    Err(e) => format!("policy set failed: {e}"),
+                },
+                crate::probe::describe(&cut)
+            ),
         );
 
         // The admin revokes alice's laptop; her open connection dies.
@@ -274,8 +286,10 @@ impl Story<'_> {
             "ICMP and direction as the policy says",
             v4 && v6 && cli_code == 0 && !reverse.is_ok(),
             format!(
-                "alice pings web: v4 {v4}, v6 {v6}; `ztmesh ping web` exit {cli_code} ({}); \
-                 web -> alice:9000 {reverse:?}",
+                "ping web over IPv4 {}, over IPv6 {}; `ztmesh ping web`: {}; \
+                 web -> alice:9000 {reverse}",
+                if v4 { "answered" } else { "unanswered" },
+                if v6 { "answered" } else { "unanswered" },
                 cli_out.lines().last().unwrap_or_default().trim()
             ),
         );
@@ -289,7 +303,7 @@ impl Story<'_> {
         self.record(
             "carol's laptop fails posture and is told why",
             st.state == "refused" && told && st.self_.addresses.is_empty(),
-            format!("state {}, reasons {:?}", st.state, st.refused),
+            format!("carol is {}: {}", st.state, st.refused.join("; ")),
         );
         Ok(())
     }
@@ -318,8 +332,17 @@ impl Story<'_> {
             "the admin revokes alice's laptop and her open connection dies",
             r.is_ok() && ms.is_some_and(|m| m <= 1000),
             format!(
-                "revoke: {r:?}; cut: {cut:?}; alice now {} ({:?})",
-                st.state, st.revoked
+                "{}; alice's held connection to web:8443 {}; alice's status: {} ({})",
+                match &r {
+                    Ok(out) => out.trim().to_string(),
+                    Err(e) => format!("revoke failed: {e}"),
+                },
+                match ms {
+                    Some(m) => format!("stopped {m} ms after the revoke"),
+                    None => format!("did not stop: {cut:?}"),
+                },
+                st.state,
+                st.revoked.as_deref().unwrap_or("no reason shown")
             ),
         );
         Ok(())
@@ -343,8 +366,8 @@ impl Story<'_> {
             "the coordinator stops and the mesh keeps working",
             works,
             format!(
-                "held connection open: {}, new connection: {probe:?}",
-                hold.is_open()
+                "coordinator stopped; dave's held connection {}; a new connection {probe}",
+                if hold.is_open() { "still open" } else { "cut" }
             ),
         );
         let lab = &self.lab;
@@ -366,8 +389,16 @@ impl Story<'_> {
         self.record(
             "access ends when the credentials expire",
             cut.is_ok() && !before_expiry && ms.is_some_and(|m| m <= 1000) && !after.is_ok(),
-            format!("credential expiry at +{} ms after the stop; cut: {cut:?}; new connection: {after:?}",
-                expiry.saturating_sub(t_stop)),
+            format!(
+                "the first credential expired {} ms after the stop; the held connection {}; \
+                 a new connection: {after}",
+                expiry.saturating_sub(t_stop),
+                match ms {
+                    Some(m) if !before_expiry => format!("stopped {m} ms after the expiry"),
+                    Some(_) => "stopped BEFORE the expiry".to_string(),
+                    None => format!("did not stop: {cut:?}"),
+                }
+            ),
         );
         Ok(())
     }
