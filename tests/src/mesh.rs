@@ -142,28 +142,20 @@ impl Coordinator {
     /// (the admin CLI finds the API address and admin token in the data directory);
     /// returns its stdout, or an error with its stderr when it fails.
     pub fn admin(&self, lab: &Lab, args: &[&str]) -> Result<String, LabError> {
-        let out = self.admin_output(lab, args)?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: format!("ztmesh-coordinator {}", args.join(" ")),
-                status: out.status.to_string(),
-                stderr: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.admin_cli().run(lab, args)
     }
 
     /// Like [`Coordinator::admin`], whatever the exit status.
     pub fn admin_output(&self, lab: &Lab, args: &[&str]) -> Result<std::process::Output, LabError> {
-        let bin = bins::binary("ztmesh-coordinator")?;
-        let dir = self.data_dir.to_string_lossy().into_owned();
-        let mut full = args.to_vec();
-        full.extend(["--data-dir", &dir]);
-        lab.exec("coord", &bin, &full, Duration::from_secs(30))
+        self.admin_cli().output(lab, args)
+    }
+
+    /// The admin CLI of this coordinator, usable from another thread while the coordinator
+    /// itself is restarted.
+    pub fn admin_cli(&self) -> AdminCli {
+        AdminCli {
+            data_dir: self.data_dir.clone(),
+        }
     }
 
     /// A pre-auth key for devices tagged `tags`.
@@ -191,6 +183,36 @@ impl Coordinator {
     /// Revokes a device by node id.
     pub fn revoke(&self, lab: &Lab, node_id: u64) -> Result<String, LabError> {
         self.admin(lab, &["devices", "revoke", &node_id.to_string()])
+    }
+}
+
+/// `ztmesh-coordinator ARGS --data-dir D`, run on the coordinator host.
+#[derive(Clone, Debug)]
+pub struct AdminCli {
+    data_dir: PathBuf,
+}
+
+impl AdminCli {
+    /// Stdout of a successful command, or an error with its output.
+    pub fn run(&self, lab: &Lab, args: &[&str]) -> Result<String, LabError> {
+        let out = self.output(lab, args)?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("ztmesh-coordinator {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: output_text(&out),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The command's output, whatever its exit status.
+    pub fn output(&self, lab: &Lab, args: &[&str]) -> Result<std::process::Output, LabError> {
+        let bin = bins::binary("ztmesh-coordinator")?;
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        let mut full = args.to_vec();
+        full.extend(["--data-dir", &dir]);
+        lab.exec("coord", &bin, &full, Duration::from_secs(30))
     }
 }
 

@@ -6,7 +6,7 @@
 //! access cuts an open connection within a second).
 
 use std::time::Duration;
-use ztmesh_tests::mesh::Posture;
+use ztmesh_tests::mesh::{AdminCli, Posture};
 use ztmesh_tests::{now_ms, wait, Lab, Site};
 
 const POLICY: &str = r#"{
@@ -20,6 +20,30 @@ const POLICY_CLOSED: &str = r#"{
 }"#;
 
 const PROBE: Duration = Duration::from_millis(700);
+
+/// Creates pre-auth keys one after the other for `span` (the coordinator may die and come back
+/// meanwhile); returns the ids of those whose creation was acknowledged.
+fn acknowledged_writes(lab: &Lab, admin: &AdminCli, span: Duration) -> Vec<String> {
+    let end = std::time::Instant::now() + span;
+    let mut acked = Vec::new();
+    for _ in 0..500 {
+        if std::time::Instant::now() >= end {
+            break;
+        }
+        let Ok(out) = admin.run(lab, &["preauth", "create", "--tags", "tag:web"]) else {
+            continue;
+        };
+        // "pre-auth key ID (single-use, ...)" then the key alone on the last line.
+        if let Some(id) = out
+            .lines()
+            .find_map(|l| l.strip_prefix("pre-auth key "))
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            acked.push(id.to_string());
+        }
+    }
+    acked
+}
 
 #[test]
 fn clients_reconnect_after_kill_9_and_receive_pushes_again() {
@@ -50,8 +74,38 @@ fn clients_reconnect_after_kill_9_and_receive_pushes_again() {
         .hold("laptop", &target, Duration::from_secs(90))
         .unwrap();
 
-    let killed_at = now_ms();
-    coord.kill_and_restart(&lab, 2).expect("restart");
+    // A stream of admin writes runs while the coordinator is killed: every write the CLI saw
+    // acknowledged must be there after the restart.
+    let admin = coord.admin_cli();
+    let acked = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| acknowledged_writes(&lab, &admin, Duration::from_secs(3)));
+        std::thread::sleep(Duration::from_millis(800));
+        let killed_at = now_ms();
+        coord.kill_and_restart(&lab, 2).expect("restart");
+        (writer.join().expect("writer"), killed_at)
+    });
+    let (acked, killed_at) = acked;
+    eprintln!("{} writes acknowledged across the kill", acked.len());
+    assert!(
+        acked.len() >= 3,
+        "too few writes before the kill: {acked:?}"
+    );
+    let stored = coord.admin(&lab, &["preauth", "list", "--json"]).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    let stored: Vec<&str> = stored
+        .as_array()
+        .expect("pre-auth list")
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains(&id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost by kill -9: {lost:?}"
+    );
 
     // Nothing committed was lost: both devices are still registered, and back in the mesh
     // with the credentials they hold before either has reconnected.
