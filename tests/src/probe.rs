@@ -227,12 +227,25 @@ impl Lab {
     /// Opens a connection from `from` to the echo service at `addr` and keeps it carrying a
     /// small echo every 50 ms (for at most `max`); returns once it is established.
     pub fn hold(&self, from: &str, addr: &str, max: Duration) -> Result<HoldHandle, LabError> {
+        self.hold_tolerant(from, addr, max, Duration::from_millis(300))
+    }
+
+    /// [`Lab::hold`] that reports a cut only after `gap` without an echo (a connection that
+    /// must survive, not necessarily without a retransmission).
+    pub fn hold_tolerant(
+        &self,
+        from: &str,
+        addr: &str,
+        max: Duration,
+        gap: Duration,
+    ) -> Result<HoldHandle, LabError> {
         let secs = max.as_secs().max(1).to_string();
+        let gap = gap.as_millis().to_string();
         let process = self.spawn(
             from,
             &format!("hold-{from}"),
             &Lab::tool()?,
-            &["hold", addr, "--max-secs", &secs],
+            &["hold", addr, "--max-secs", &secs, "--cut-after-ms", &gap],
         )?;
         let h = HoldHandle { process };
         wait::until(
