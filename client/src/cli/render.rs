@@ -61,10 +61,10 @@ fn proto_name(p: u8) -> String {
 
 pub fn status(s: &StatusReport, now: u64) -> String {
     let mut o = String::new();
-    let conn = if s.connected {
-        "connected"
-    } else {
-        "not connected"
+    let conn = match (s.connected, s.connected_since_ms) {
+        (true, Some(t)) => format!("connected for {}", relative(t, now).replace(" ago", "")),
+        (true, None) => "connected".to_string(),
+        (false, _) => "not connected".to_string(),
     };
     let _ = writeln!(
         o,
@@ -155,5 +155,21 @@ mod tests {
         assert_eq!(relative(0, 3_600_000), "60m ago");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn status_says_how_long_the_control_connection_has_been_up() {
+        let s = StatusReport {
+            state: "running".into(),
+            connected: true,
+            connected_since_ms: Some(1_000),
+            ..Default::default()
+        };
+        assert!(status(&s, 181_000).starts_with("state:       running (connected for 3m)"));
+        let down = StatusReport {
+            connected: false,
+            ..s
+        };
+        assert!(status(&down, 181_000).contains("(not connected)"));
     }
 }
