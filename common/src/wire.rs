@@ -86,7 +86,9 @@ pub struct RenewRequest {
     pub posture: PostureAttrs,
 }
 
+/// (On the wire variants travel by index; the names are for JSON: `denied`, `allowed`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FlowVerdict {
     Denied,
     Allowed,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tracing::{error, info};
 use ztmesh_coordinator::admin_cli::client::ApiArgs;
 use ztmesh_coordinator::admin_cli::{
-    self, AdminCmd, AuditCmd, DevicesCmd, PolicyCmd, PreauthCmd, TokensCmd, UsersCmd,
+    self, AdminCmd, AuditCmd, DevicesCmd, FlowsArgs, PolicyCmd, PreauthCmd, TokensCmd, UsersCmd,
 };
 use ztmesh_coordinator::config::{Config, ServeArgs};
 use ztmesh_coordinator::{bootstrap, serve};
@@ -61,6 +61,13 @@ enum Cmd {
         api: ApiArgs,
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Flow events the devices' packet filters reported (denied flows), newest first.
+    Flows {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        args: FlowsArgs,
     },
     /// API tokens: create|list|revoke.
     Tokens {
@@ -150,6 +157,7 @@ fn main() -> ExitCode {
         Cmd::Preauth { api, cmd } => (api, AdminCmd::Preauth(cmd)),
         Cmd::Audit { api, cmd } => (api, AdminCmd::Audit(cmd)),
         Cmd::Tokens { api, cmd } => (api, AdminCmd::Tokens(cmd)),
+        Cmd::Flows { api, args } => (api, AdminCmd::Flows(args)),
     };
     admin_cli::run(&api, cmd)
 }

@@ -30,7 +30,7 @@ fn join(lab: &Lab, coord: &ztmesh_tests::mesh::Coordinator, c: &Client, tag: &st
 /// `web` (tag:web, serving 8443) and `laptop` (tag:laptop) joined to a fresh coordinator;
 /// returns once the laptop reaches web:8443 through the mesh.
 struct TwoNodes {
-    _coord: ztmesh_tests::mesh::Coordinator,
+    coord: ztmesh_tests::mesh::Coordinator,
     web: Client,
     laptop: Client,
     _svc: ztmesh_tests::Process,
@@ -50,7 +50,7 @@ fn two_nodes(lab: &Lab, lifetime: &str) -> TwoNodes {
     let target = format!("{web_ip}:8443");
     reach(lab, "laptop", &target);
     TwoNodes {
-        _coord: coord,
+        coord,
         web,
         laptop,
         _svc: svc,
@@ -221,6 +221,36 @@ fn cli_ping_posture_and_down_against_a_live_daemon() {
     assert_eq!(attrs["node:postureSource"], "fixture", "{attrs}");
     assert_eq!(attrs["node:diskEncrypted"], true, "{attrs}");
     assert!(attrs["node:os"].is_string(), "{attrs}");
+
+    // A connection the policy denies is dropped by web's filter, which reports it; the
+    // coordinator shows it to admins (and logs it for a SIEM).
+    let denied_port = format!("{}:9999", mesh.web_ip);
+    assert!(!lab
+        .probe_tcp("laptop", &denied_port, PROBE)
+        .unwrap()
+        .is_ok());
+    let flows = wait::until(
+        "web's report of the denied flow",
+        Duration::from_secs(10),
+        || {
+            let out = mesh
+                .coord
+                .admin(&lab, &["flows", "--device", "web", "--json"])
+                .ok()?;
+            let hit = out.lines().find(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v["dst_port"] == 9999 && v["verdict"] == "denied" && v["hostname"] == "web"
+                })
+            });
+            hit.map(str::to_string)
+        },
+    )
+    .unwrap();
+    let laptop_v4 = laptop.status(&lab).unwrap().overlay_v4().unwrap();
+    assert!(
+        flows.contains(&laptop_v4),
+        "the report names the source: {flows}"
+    );
 
     // `ztmesh down` leaves the mesh: no addresses, no peers, no traffic, in both directions.
     let (code, out) = laptop.run_cli(&lab, &["down"]).unwrap();

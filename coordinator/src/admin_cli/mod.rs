@@ -125,9 +125,23 @@ pub enum TokensCmd {
     },
 }
 
+/// `flows`: what the devices' packet filters reported.
+#[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    /// Only this device (id like n3, or hostname).
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub lines: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// One admin command with its connection arguments.
 #[derive(Debug)]
 pub enum AdminCmd {
+    Flows(FlowsArgs),
     Policy(PolicyCmd),
     Devices(DevicesCmd),
     Users(UsersCmd),
@@ -203,6 +217,7 @@ async fn run_async(api: &ApiArgs, cmd: AdminCmd) -> anyhow::Result<ExitCode> {
         AdminCmd::Preauth(p) => preauth(&c, p).await,
         AdminCmd::Audit(a) => audit(&c, a).await,
         AdminCmd::Tokens(t) => tokens(&c, t).await,
+        AdminCmd::Flows(f) => flows(&c, f).await,
     }
 }
 
@@ -489,6 +504,55 @@ async fn audit(c: &ApiClient, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn flows(c: &ApiClient, args: FlowsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/v1/flows?limit={}", args.lines);
+    if let Some(d) = &args.device {
+        path.push_str(&format!("&device={}", url_component(d)));
+    }
+    let v = c.get(&path).await?;
+    let records = v.as_array().cloned().unwrap_or_default();
+    if args.json {
+        for r in &records {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        println!("no flow events reported");
+    }
+    for r in &records {
+        let port = r["dst_port"]
+            .as_u64()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<7} {} (n{}) reported {} -> {}{port} proto {} x{}",
+            when(&r["at"]),
+            s(&r["verdict"]),
+            s(&r["hostname"]),
+            s(&r["node"]),
+            s(&r["src"]),
+            s(&r["dst"]),
+            s(&r["proto"]),
+            s(&r["count"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encode a query value (hostnames are plain, but an id or name is never trusted).
+fn url_component(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 async fn tokens(c: &ApiClient, cmd: TokensCmd) -> anyhow::Result<ExitCode> {

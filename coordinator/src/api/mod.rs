@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod devices;
+mod flows;
 mod policy;
 mod users;
 
@@ -211,6 +212,7 @@ pub fn router(state: ApiState) -> Router {
             get(users::list_tokens).post(users::create_token),
         )
         .route("/api/v1/tokens/{id}/revoke", post(users::revoke_token))
+        .route("/api/v1/flows", get(flows::list))
         .route("/api/v1/audit", get(devices::audit_tail))
         .route("/api/v1/audit/verify", get(devices::audit_verify))
         .with_state(state)

@@ -12,6 +12,7 @@ mod admission;
 mod core;
 pub mod deadlines;
 mod endpoint;
+pub mod flows;
 mod frames;
 pub mod issue;
 pub mod login;
@@ -40,9 +41,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, warn};
 use ztmesh_common::credential::coordinator_public_key;
-use ztmesh_common::ids::CoordinatorPublicKey;
+use ztmesh_common::ids::{CoordinatorPublicKey, NodeId};
 use ztmesh_common::policy::Policy;
 use ztmesh_common::time::UnixMillis;
+use ztmesh_common::wire::FlowEvent;
 
 /// Settings of the control plane.
 #[derive(Clone, Debug)]
@@ -142,6 +144,7 @@ struct Inner {
     reverifier: RwLock<Option<Arc<dyn Reverifier>>>,
     unauthenticated: Arc<Semaphore>,
     next_conn: AtomicU64,
+    flows: Mutex<flows::FlowJournal>,
 }
 
 /// The wall clock as the pure logic takes it.
@@ -180,6 +183,7 @@ impl ControlPlane {
             sweeper_wake: Arc::new(Notify::new()),
             reverifier: RwLock::new(None),
             next_conn: AtomicU64::new(1),
+            flows: Mutex::new(flows::FlowJournal::default()),
         });
         tokio::spawn(sweeper::run(
             Arc::downgrade(&inner),
@@ -195,6 +199,30 @@ impl ControlPlane {
             .reverifier
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(r);
+    }
+
+    /// Keep the flow events an admitted node's packet filter reported.
+    pub(crate) fn record_flows(&self, node: NodeId, events: Vec<FlowEvent>) {
+        let hostname = self
+            .core()
+            .nodes
+            .get(&node)
+            .map(|st| st.hostname.clone())
+            .unwrap_or_default();
+        self.inner
+            .flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(node, &hostname, events);
+    }
+
+    /// The newest `limit` flow events reported by `node` (or by every device), newest first.
+    pub fn flows(&self, node: Option<NodeId>, limit: usize) -> Vec<flows::FlowRecord> {
+        self.inner
+            .flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent(node, limit)
     }
 
     /// The public key peers verify credentials with.

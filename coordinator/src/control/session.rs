@@ -256,9 +256,7 @@ impl Session {
                                 ClientMsg::Renew(r) => self.cp.renew(node, self.conn_id, r).await,
                                 ClientMsg::PostureReport(p) => self.cp.posture_report(node, self.conn_id, p).await,
                                 ClientMsg::Endpoints(e) => self.cp.endpoints(node, self.conn_id, e),
-                                ClientMsg::FlowLog(events) => {
-                                    debug!(node = %node, events = events.len(), "flow log batch");
-                                }
+                                ClientMsg::FlowLog(events) => self.cp.record_flows(node, events),
                                 ClientMsg::Logout => {
                                     self.cp.logout(node, self.conn_id).await;
                                     // Deliver what is queued (the `Revoked`), then end.
