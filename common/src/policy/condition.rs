@@ -246,6 +246,17 @@ fn check_types(c: &Condition, ty: AttrType) -> Result<(), String> {
         AttrType::Version => "a quoted version such as '1.2.3'",
         AttrType::Any => "a value",
     };
+    if c.attr == attr::POSTURE_SOURCE {
+        if let Some(bad) = literals(&c.test)
+            .into_iter()
+            .find(|l| !matches!(l, Literal::Str(s) if POSTURE_SOURCES.contains(&s.as_str())))
+        {
+            return Err(format!(
+                "{} expects 'system' or 'fixture', found {bad}",
+                c.attr
+            ));
+        }
+    }
     let lits: Vec<&Literal> = match &c.test {
         Test::Cmp(op, l) => {
             let ordered = !matches!(op, CmpOp::Eq | CmpOp::Ne);
@@ -275,6 +286,19 @@ fn check_types(c: &Condition, ty: AttrType) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The values the client reports as `node:postureSource`: probes of the running system, or
+/// a fixture file (tests and demos).
+const POSTURE_SOURCES: [&str; 2] = ["system", "fixture"];
+
+/// The literals a test compares with.
+fn literals(t: &Test) -> Vec<&Literal> {
+    match t {
+        Test::Cmp(_, l) => vec![l],
+        Test::In(xs) | Test::NotIn(xs) => xs.iter().collect(),
+        Test::IsSet | Test::NotSet => vec![],
+    }
 }
 
 struct Lexer<'a> {
@@ -431,8 +455,11 @@ fn compare(v: &AttrValue, l: &Literal) -> Option<Ordering> {
     }
 }
 
-fn equals(v: &AttrValue, l: &Literal) -> bool {
+/// Equality as the attribute's type defines it: versions component by component (so
+/// `14.0 == 14`, as `<=` and `>=` agree), other text exactly, lists by membership.
+fn equals(v: &AttrValue, l: &Literal, version: bool) -> bool {
     match (v, l) {
+        (AttrValue::String(a), Literal::Str(b)) if version => cmp_versions(a, b) == Ordering::Equal,
         (AttrValue::String(a), Literal::Str(b)) => a == b,
         (AttrValue::List(xs), Literal::Str(b)) => xs.iter().any(|x| x == b),
         _ => compare(v, l) == Some(Ordering::Equal),
@@ -449,13 +476,15 @@ impl Condition {
                 _ => Err(format!("device does not report {}", self.attr)),
             };
         };
+        let version = attr_type(&self.attr) == Some(AttrType::Version);
+        let equals = |l: &Literal| equals(v, l, version);
         let ok = match &self.test {
             Test::NotSet => false,
             Test::IsSet => true,
-            Test::Cmp(CmpOp::Eq, l) => equals(v, l),
+            Test::Cmp(CmpOp::Eq, l) => equals(l),
             Test::Cmp(CmpOp::Ne, l) => match v {
-                AttrValue::List(_) => !equals(v, l),
-                _ => compare(v, l).is_some() && !equals(v, l),
+                AttrValue::List(_) => !equals(l),
+                _ => compare(v, l).is_some() && !equals(l),
             },
             Test::Cmp(op, l) => match v {
                 // Ordering compares versions, so both sides must be versions (or numbers).
@@ -464,9 +493,9 @@ impl Condition {
                 }
                 _ => false,
             },
-            Test::In(xs) => xs.iter().any(|l| equals(v, l)),
+            Test::In(xs) => xs.iter().any(equals),
             Test::NotIn(xs) => {
-                !xs.iter().any(|l| equals(v, l))
+                !xs.iter().any(equals)
                     && (matches!(v, AttrValue::List(_))
                         || xs.iter().all(|l| compare(v, l).is_some()))
             }
@@ -548,6 +577,64 @@ mod tests {
         ] {
             assert_eq!(holds(c, &a), want, "{c}");
         }
+    }
+
+    #[test]
+    fn version_equality_compares_components_like_the_ordering() {
+        let a = attrs(&[
+            ("node:osVersion", AttrValue::String("14.0".into())),
+            ("node:kernelVersion", AttrValue::String("v6.1".into())),
+            ("node:clientVersion", AttrValue::String("0.2.0".into())),
+            ("custom:build", AttrValue::String("1.0".into())),
+        ]);
+        for (c, want) in [
+            ("node:osVersion == '14'", true),
+            ("node:osVersion == '14.0.0'", true),
+            ("node:osVersion >= '14'", true),
+            ("node:osVersion <= '14'", true),
+            ("node:osVersion != '14'", false),
+            ("node:osVersion != '14.1'", true),
+            ("node:osVersion IN ['13', '14']", true),
+            ("node:osVersion NOT IN ['14']", false),
+            ("node:osVersion NOT IN ['13', '15.0']", true),
+            ("node:kernelVersion == '6.1.0'", true),
+            ("node:kernelVersion IN ['6.1.0']", true),
+            ("node:clientVersion == '0.2'", true),
+            ("node:clientVersion == '0.20'", false),
+            // Other text compares exactly, even when it looks like a version.
+            ("custom:build == '1'", false),
+            ("custom:build == '1.0'", true),
+        ] {
+            assert_eq!(holds(c, &a), want, "{c}");
+        }
+    }
+
+    #[test]
+    fn posture_source_literals_are_system_or_fixture() {
+        for ok in [
+            "node:postureSource == 'system'",
+            "node:postureSource != 'fixture'",
+            "node:postureSource IN ['system', 'fixture']",
+            "node:postureSource NOT IN ['fixture']",
+            "node:postureSource IS SET",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        for (bad, found) in [
+            ("node:postureSource == 'mdm'", "'mdm'"),
+            ("node:postureSource IN ['system', 'System']", "'System'"),
+            ("node:postureSource NOT IN ['sys']", "'sys'"),
+        ] {
+            let (off, m) = parse(bad).unwrap_err();
+            assert_eq!(off, 19, "{bad}");
+            assert_eq!(
+                m,
+                format!("node:postureSource expects 'system' or 'fixture', found {found}")
+            );
+        }
+        let a = attrs(&[("node:postureSource", AttrValue::String("fixture".into()))]);
+        assert!(holds("node:postureSource == 'fixture'", &a));
+        assert!(!holds("node:postureSource == 'system'", &a));
     }
 
     #[test]
