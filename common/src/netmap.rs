@@ -58,12 +58,33 @@ pub struct FilterRule {
 impl FilterRule {
     /// Reference matcher (the client compiles rules into a faster structure).
     pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, dst_port: Option<u16>) -> bool {
-        self.src.iter().any(|n| n.contains(&src))
-            && self.dst.iter().any(|n| n.contains(&dst))
-            && self.protos.contains(&proto)
-            && (!proto::has_ports(proto)
-                || dst_port.is_some_and(|p| self.ports.iter().any(|r| r.contains(p))))
+        rule_allows(
+            (&self.src, &self.dst, &self.protos, &self.ports),
+            src,
+            dst,
+            proto,
+            dst_port,
+        )
     }
+}
+
+/// The lists of a filter rule: sources, destinations, protocols, ports.
+pub type RuleLists<'a> = (&'a [IpNet], &'a [IpNet], &'a [u8], &'a [PortRange]);
+
+/// Whether a packet matches a filter rule given by its lists (shared by [`FilterRule`] and
+/// the policy compiler's views, which hold the same lists in shared form).
+pub fn rule_allows(
+    (srcs, dsts, protos, ports): RuleLists<'_>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    dst_port: Option<u16>,
+) -> bool {
+    srcs.iter().any(|n| n.contains(&src))
+        && dsts.iter().any(|n| n.contains(&dst))
+        && protos.contains(&proto)
+        && (!proto::has_ports(proto)
+            || dst_port.is_some_and(|p| ports.iter().any(|r| r.contains(p))))
 }
 
 /// A peer as a node sees it.

@@ -67,7 +67,7 @@ fn render(policy_file: &Path) -> String {
         let peers: Vec<String> = v
             .peers
             .iter()
-            .map(|p| format!("{p}({})", names[p]))
+            .map(|p| format!("{p}({})", names[&p]))
             .collect();
         writeln!(out, "  peers: {}", peers.join(" ")).unwrap();
         for r in &v.filter {

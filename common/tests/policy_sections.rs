@@ -358,7 +358,7 @@ fn idp_groups_count_when_declared() {
     t.user_groups = vec!["group:idp".into()];
     let views = compile_all(Arc::new(p), vec![u, w, t]);
     assert_eq!(
-        views[&NodeId(2)].peers.iter().copied().collect::<Vec<_>>(),
+        views[&NodeId(2)].peers.iter().collect::<Vec<_>>(),
         vec![NodeId(1)]
     );
     assert!(

@@ -1,13 +1,22 @@
 //! The incremental view compiler: from the policy and the inventory, each node's view (peers
 //! and inbound filter). Rules are indexed by the selector keys they use (`tag:web`,
 //! `group:eng`, a user, ...), so a node finds the rules it takes part in by a few hash
-//! lookups; each rule remembers its source and destination members, so a change of one node
-//! recomputes only the views of the nodes on the other side of the rules it is (or was) in.
+//! lookups; each rule remembers its source and destination members and the source addresses
+//! they bring.
+//!
+//! A change of one node X is applied as a patch, not a rebuild: X's own view is built afresh;
+//! the peer relation is symmetric, so the nodes whose peer list changes are exactly those
+//! that enter or leave X's peers, and each gets X inserted or removed; and only the nodes
+//! behind rules whose source list X changed get their filter rebuilt (from shared lists, so
+//! that costs a few small allocations per node).
 
+use super::peer_list::PeerList;
+use super::prefix_set::{insert_host, normalize, remove_host};
 use super::target::Selector;
-use super::{InventoryNode, NodeView, Policy};
+use super::view::{Interner, NodeView, UnionCache, ViewRule};
+use super::{InventoryNode, Policy};
 use crate::ids::NodeId;
-use crate::netmap::{FilterRule, PortRange};
+use crate::netmap::PortRange;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -40,7 +49,11 @@ struct RuleIndex {
     raw_src: Vec<Vec<IpNet>>,
     /// Per rule: its source prefix selectors.
     src_prefixes: Vec<Vec<IpNet>>,
+    /// Per rule, per destination entry: its caps' protocols and ports, shared by every view.
+    caps: Vec<Vec<Vec<SharedCap>>>,
 }
+
+type SharedCap = (Arc<[u8]>, Arc<[PortRange]>);
 
 impl RuleIndex {
     fn build(policy: &Policy) -> RuleIndex {
@@ -49,7 +62,12 @@ impl RuleIndex {
             prefixes: Vec::new(),
             raw_src: Vec::new(),
             src_prefixes: Vec::new(),
+            caps: Vec::new(),
         };
+        // Equal protocol and port lists become one allocation, so views compare them by
+        // identity.
+        let mut protos = Interner::default();
+        let mut ports = Interner::default();
         for (ri, rule) in policy.rules.iter().enumerate() {
             let ri = ri as u32;
             let has_posture = !rule.posture.postures.is_empty();
@@ -93,6 +111,22 @@ impl RuleIndex {
             }
             ix.raw_src.push(normalize(raw));
             ix.src_prefixes.push(sp);
+            ix.caps.push(
+                rule.dst
+                    .iter()
+                    .map(|d| {
+                        d.caps
+                            .iter()
+                            .map(|c| {
+                                (
+                                    protos.intern(c.protos.clone()),
+                                    ports.intern(c.ports.clone()),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            );
         }
         ix
     }
@@ -110,6 +144,15 @@ struct Memberships {
 struct NodeState {
     node: InventoryNode,
     m: Memberships,
+    /// The node's addresses as host prefixes: the destination of its filter rules.
+    nets: Arc<[IpNet]>,
+}
+
+impl NodeState {
+    fn new(node: InventoryNode, m: Memberships) -> Self {
+        let nets = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
+        NodeState { node, m, nets }
+    }
 }
 
 #[derive(Default)]
@@ -117,8 +160,11 @@ struct RuleState {
     /// Source devices (that pass the rule's posture), with their node-selector flag.
     src: BTreeMap<NodeId, bool>,
     dst: BTreeSet<NodeId>,
-    /// Normalised source prefixes for filters.
-    src_nets: Arc<Vec<IpNet>>,
+    /// Source addresses the members bring (beyond the rule's raw prefixes), with how many
+    /// members bring each.
+    src_addrs: BTreeMap<IpNet, u32>,
+    /// Normalised source prefixes for filters, shared by every view behind the rule.
+    src_nets: Arc<[IpNet]>,
 }
 
 /// Keeps every node's view up to date as the policy and the inventory change.
@@ -128,24 +174,41 @@ pub struct ViewCompiler {
     nodes: HashMap<NodeId, NodeState>,
     rules: Vec<RuleState>,
     views: HashMap<NodeId, NodeView>,
+    lists: Lists,
+}
+
+/// Interners for the lists views share.
+#[derive(Default)]
+struct Lists {
+    nets: Interner<IpNet>,
+    ports: Interner<PortRange>,
+    unions: UnionCache,
+}
+
+impl Lists {
+    /// The normalised union of several source lists, computed once for all the views
+    /// (the servers behind one tag) that merge the same lists.
+    fn union(&mut self, parts: &[&Arc<[IpNet]>]) -> Arc<[IpNet]> {
+        let nets = &mut self.nets;
+        self.unions.get_or_make(parts, || {
+            nets.intern(normalize(
+                parts.iter().flat_map(|s| s.iter().copied()).collect(),
+            ))
+        })
+    }
 }
 
 impl ViewCompiler {
     pub fn new(policy: Arc<Policy>) -> Self {
         let index = RuleIndex::build(&policy);
-        let rules = (0..policy.rules.len())
-            .map(|r| RuleState {
-                // Raw source prefixes apply before any node joins.
-                src_nets: Arc::new(index.raw_src[r].clone()),
-                ..RuleState::default()
-            })
-            .collect();
+        let rules = fresh_rules(&index);
         ViewCompiler {
             policy,
             index,
             nodes: HashMap::new(),
             rules,
             views: HashMap::new(),
+            lists: Lists::default(),
         }
     }
 
@@ -157,17 +220,17 @@ impl ViewCompiler {
     pub fn set_policy(&mut self, policy: Arc<Policy>) -> Vec<NodeId> {
         self.index = RuleIndex::build(&policy);
         self.policy = policy;
-        self.rules = (0..self.policy.rules.len())
-            .map(|_| RuleState::default())
-            .collect();
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in &ids {
-            let m = memberships(&self.policy, &self.index, &self.nodes[id].node);
-            self.nodes.get_mut(id).expect("present").m = m;
+        self.rules = fresh_rules(&self.index);
+        for st in self.nodes.values_mut() {
+            st.m = memberships(&self.policy, &self.index, &st.node);
         }
         for (id, st) in &self.nodes {
             for (r, sel) in &st.m.src {
-                self.rules[*r as usize].src.insert(*id, *sel);
+                let rs = &mut self.rules[*r as usize];
+                rs.src.insert(*id, *sel);
+                for a in contribution(&self.policy, &self.index, *r, &st.node.addresses, *sel) {
+                    *rs.src_addrs.entry(a).or_default() += 1;
+                }
             }
             for (r, _) in &st.m.dst {
                 self.rules[*r as usize].dst.insert(*id);
@@ -176,8 +239,17 @@ impl ViewCompiler {
         for r in 0..self.rules.len() {
             self.refresh_src_nets(r);
         }
-        let mut changed = self.recompute(ids);
-        changed.sort_unstable();
+        let mut ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        ids.sort_unstable();
+        let mut changed = Vec::new();
+        for id in ids {
+            let (b, lists, nodes) = self.split();
+            let v = b.view(lists, &nodes[&id]);
+            if self.views.get(&id) != Some(&v) {
+                self.views.insert(id, v);
+                changed.push(id);
+            }
+        }
         changed
     }
 
@@ -186,21 +258,16 @@ impl ViewCompiler {
     pub fn upsert_node(&mut self, node: InventoryNode) -> Vec<NodeId> {
         let id = node.id;
         let m = memberships(&self.policy, &self.index, &node);
+        let new = NodeState::new(node, m);
         let old = self.nodes.remove(&id);
-        let is_new = old.is_none();
-        let addrs_changed = old
-            .as_ref()
-            .is_none_or(|o| o.node.addresses != node.addresses);
-        let old_m = old.map(|o| o.m).unwrap_or_default();
-        self.nodes.insert(id, NodeState { node, m: m.clone() });
-        let mut affected = self.apply_membership_change(id, &old_m, &m, addrs_changed);
-        affected.push(id);
-        let mut changed = self.recompute(affected);
-        if is_new && !changed.contains(&id) {
-            self.views.entry(id).or_default();
+        let dirty = self.apply_membership_change(id, old.as_ref(), Some(&new));
+        self.nodes.insert(id, new);
+        let mut changed = self.propagate(id, dirty);
+        if old.is_none() && !changed.contains(&id) {
             changed.push(id);
         }
         changed.sort_unstable();
+        changed.dedup();
         changed
     }
 
@@ -209,9 +276,8 @@ impl ViewCompiler {
         let Some(old) = self.nodes.remove(&id) else {
             return Vec::new();
         };
-        let affected = self.apply_membership_change(id, &old.m, &Memberships::default(), true);
-        self.views.remove(&id);
-        let mut changed = self.recompute(affected);
+        let dirty = self.apply_membership_change(id, Some(&old), None);
+        let mut changed = self.propagate(id, dirty);
         changed.push(id);
         changed.sort_unstable();
         changed.dedup();
@@ -227,6 +293,12 @@ impl ViewCompiler {
         self.views.iter().map(|(k, v)| (*k, v))
     }
 
+    /// Heap bytes held by all views together, each shared list counted once (for the
+    /// memory benchmark).
+    pub fn views_heap_bytes(&self) -> usize {
+        super::view::heap_bytes_shared(self.views.values())
+    }
+
     pub fn node(&self, id: NodeId) -> Option<&InventoryNode> {
         self.nodes.get(&id).map(|s| &s.node)
     }
@@ -239,35 +311,61 @@ impl ViewCompiler {
         self.nodes.is_empty()
     }
 
-    /// Updates the rules' member sets for one node's change of memberships; returns the
-    /// nodes whose view may change as a result.
+    /// Updates the rules' member sets and source addresses for one node going from `old` to
+    /// `new` (either may be absent); returns the rules whose source addresses changed, with
+    /// each address that came (`true`) or went.
     fn apply_membership_change(
         &mut self,
         id: NodeId,
-        old: &Memberships,
-        new: &Memberships,
-        addrs_changed: bool,
-    ) -> Vec<NodeId> {
-        let mut affected = Vec::new();
+        old: Option<&NodeState>,
+        new: Option<&NodeState>,
+    ) -> Vec<(usize, Vec<(IpNet, bool)>)> {
+        let none = Memberships::default();
+        let (old_m, new_m) = (old.map_or(&none, |s| &s.m), new.map_or(&none, |s| &s.m));
+        let no_addrs: &[IpAddr] = &[];
+        let old_addrs = old.map_or(no_addrs, |s| &s.node.addresses);
+        let new_addrs = new.map_or(no_addrs, |s| &s.node.addresses);
+        let addrs_changed = old_addrs != new_addrs;
         let mut dirty = Vec::new();
-        for (r, was, now) in merge_by_rule(&old.src, &new.src) {
+        for (r, was, now) in merge_by_rule(&old_m.src, &new_m.src) {
             if was == now && !addrs_changed {
                 continue;
             }
+            let before = was.map_or_else(Vec::new, |f| {
+                contribution(&self.policy, &self.index, r, old_addrs, *f)
+            });
+            let after = now.map_or_else(Vec::new, |f| {
+                contribution(&self.policy, &self.index, r, new_addrs, *f)
+            });
             let rs = &mut self.rules[r as usize];
             match now {
-                Some(flag) => {
-                    rs.src.insert(id, *flag);
+                Some(flag) => rs.src.insert(id, *flag),
+                None => rs.src.remove(&id),
+            };
+            if before != after {
+                // The addresses whose presence in the rule's sources changes.
+                let mut ops = Vec::new();
+                for a in before {
+                    if let Some(n) = rs.src_addrs.get_mut(&a) {
+                        *n -= 1;
+                        if *n == 0 {
+                            rs.src_addrs.remove(&a);
+                            ops.push((a, false));
+                        }
+                    }
                 }
-                None => {
-                    rs.src.remove(&id);
+                for a in after {
+                    let n = rs.src_addrs.entry(a).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        ops.push((a, true));
+                    }
                 }
+                dirty.push((r as usize, ops));
             }
-            affected.extend(rs.dst.iter().copied());
-            dirty.push(r as usize);
         }
-        for (r, was, now) in merge_by_rule(&old.dst, &new.dst) {
-            if was == now && !addrs_changed {
+        for (r, was, now) in merge_by_rule(&old_m.dst, &new_m.dst) {
+            if was.is_some() == now.is_some() {
                 continue;
             }
             let rs = &mut self.rules[r as usize];
@@ -276,133 +374,311 @@ impl ViewCompiler {
             } else {
                 rs.dst.remove(&id);
             }
-            affected.extend(rs.src.keys().copied());
         }
-        for r in dirty {
-            self.refresh_src_nets(r);
-        }
-        affected
+        dirty
     }
 
-    fn refresh_src_nets(&mut self, r: usize) {
-        let has_posture = !self.policy.rules[r].posture.postures.is_empty();
-        let mut nets: Vec<IpNet> = self.index.raw_src[r].clone();
-        let covered_by_raw = |a: &IpAddr| self.index.raw_src[r].iter().any(|n| n.contains(a));
-        for (id, by_selector) in &self.rules[r].src {
-            let Some(st) = self.nodes.get(id) else {
-                continue;
-            };
-            if !has_posture && !by_selector {
-                // Its in-prefix addresses are already covered by the raw prefix.
-                continue;
-            }
-            for a in &st.node.addresses {
-                if *by_selector || self.index.src_prefixes[r].iter().any(|n| n.contains(a)) {
-                    if !has_posture && covered_by_raw(a) {
-                        continue;
-                    }
-                    nets.push(IpNet::from(*a));
-                }
+    /// After the rules took in node `id`'s change: rebuilds its view, patches its old and
+    /// new peers, and rebuilds the filters behind the `dirty` rules. Returns the changed ids.
+    fn propagate(&mut self, id: NodeId, dirty: Vec<(usize, Vec<(IpNet, bool)>)>) -> Vec<NodeId> {
+        let mut refilter: Vec<NodeId> = Vec::new();
+        for (r, ops) in dirty {
+            if self.patch_src_nets(r, &ops) {
+                refilter.extend(self.rules[r].dst.iter().copied());
             }
         }
-        self.rules[r].src_nets = Arc::new(normalize(nets));
-    }
-
-    /// Recomputes the views of `ids`; returns those that changed.
-    fn recompute(&mut self, mut ids: Vec<NodeId>) -> Vec<NodeId> {
-        ids.sort_unstable();
-        ids.dedup();
         let mut changed = Vec::new();
-        for id in ids {
-            let Some(st) = self.nodes.get(&id) else {
+        let (b, lists, nodes) = self.split();
+        let new_view = nodes.get(&id).map(|st| b.view(lists, st));
+        let old_view = self.views.remove(&id);
+        let no_peers = PeerList::default();
+        let old_peers = old_view.as_ref().map_or(&no_peers, |v| &v.peers);
+        let new_peers = new_view.as_ref().map_or(&no_peers, |v| &v.peers);
+        for (peer, now) in sorted_diff(old_peers.iter(), new_peers.iter()) {
+            let Some(v) = self.views.get_mut(&peer) else {
                 continue;
             };
-            let v = self.build_view(id, st);
-            match self.views.get(&id) {
-                Some(old) if *old == v => {}
-                _ => {
-                    self.views.insert(id, v);
-                    changed.push(id);
-                }
+            let patched = if now {
+                v.peers.insert(id)
+            } else {
+                v.peers.remove(id)
+            };
+            if patched {
+                changed.push(peer);
             }
+        }
+        refilter.sort_unstable();
+        refilter.dedup();
+        for d in refilter {
+            if d == id {
+                continue;
+            }
+            let (b, lists, nodes) = self.split();
+            let Some(st) = nodes.get(&d) else {
+                continue;
+            };
+            let filter = b.filter(lists, st);
+            let v = self.views.get_mut(&d).expect("every node has a view");
+            if v.filter != filter {
+                v.filter = filter;
+                changed.push(d);
+            }
+        }
+        if let Some(v) = new_view {
+            if old_view.as_ref() != Some(&v) {
+                changed.push(id);
+            }
+            self.views.insert(id, v);
         }
         changed
     }
 
-    fn build_view(&self, id: NodeId, st: &NodeState) -> NodeView {
+    /// Recomputes a rule's shared source list; returns whether it changed.
+    fn refresh_src_nets(&mut self, r: usize) -> bool {
+        let raw = &self.index.raw_src[r];
+        let rs = &mut self.rules[r];
+        let mut nets = Vec::with_capacity(raw.len() + rs.src_addrs.len());
+        let mut members = rs.src_addrs.keys().copied().peekable();
+        // Both are sorted: merge them so that `normalize` sorts an ordered list.
+        for n in raw {
+            while let Some(m) = members.next_if(|m| m < n) {
+                nets.push(m);
+            }
+            nets.push(*n);
+        }
+        nets.extend(members);
+        let nets = normalize(nets);
+        if *rs.src_nets == nets[..] {
+            return false;
+        }
+        rs.src_nets = self.lists.nets.intern(nets);
+        true
+    }
+
+    /// Applies address changes to a rule's source list (in place of a rebuild: big rules
+    /// have thousands of members); returns whether it changed.
+    fn patch_src_nets(&mut self, r: usize, ops: &[(IpNet, bool)]) -> bool {
+        let rs = &mut self.rules[r];
+        let mut nets = rs.src_nets.to_vec();
+        let mut changed = false;
+        for (a, add) in ops {
+            changed |= if *add {
+                insert_host(&mut nets, *a)
+            } else {
+                remove_host(&mut nets, *a)
+            };
+        }
+        if changed {
+            rs.src_nets = self.lists.nets.intern(nets);
+        }
+        changed
+    }
+
+    /// A view builder over the current rules, the interners and the nodes, borrowed apart.
+    fn split(&mut self) -> (Builder<'_>, &mut Lists, &HashMap<NodeId, NodeState>) {
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        (b, &mut self.lists, &self.nodes)
+    }
+}
+
+/// Builds views from the rules' current member sets.
+struct Builder<'a> {
+    policy: &'a Policy,
+    index: &'a RuleIndex,
+    rules: &'a [RuleState],
+}
+
+impl Builder<'_> {
+    fn view(&self, lists: &mut Lists, st: &NodeState) -> NodeView {
+        NodeView {
+            peers: self.peers(st),
+            filter: self.filter(lists, st),
+        }
+    }
+
+    /// Both ends of every rule the node is in, but itself.
+    fn peers(&self, st: &NodeState) -> PeerList {
         let mut peers: Vec<NodeId> = Vec::new();
         for (r, _) in &st.m.src {
             peers.extend(self.rules[*r as usize].dst.iter().copied());
         }
-        // (dst nets, protos, ports) -> source lists.
-        type Group<'a> = (Vec<IpNet>, &'a [u8], &'a [PortRange]);
-        let mut groups: BTreeMap<Group<'_>, Vec<&Arc<Vec<IpNet>>>> = BTreeMap::new();
+        for (r, _) in &st.m.dst {
+            peers.extend(self.rules[*r as usize].src.keys().copied());
+        }
+        // A concatenation of sorted runs, which the stable sort merges.
+        peers.sort();
+        peers.dedup();
+        peers.retain(|p| *p != st.node.id);
+        PeerList::from_sorted(&peers)
+    }
+
+    /// The node's inbound filter: one entry per (destination, protocols, ports) with the
+    /// sources of every rule that grants it, then entries that differ only in ports merged.
+    fn filter(&self, lists: &mut Lists, st: &NodeState) -> Vec<ViewRule> {
+        // (dst, protos, ports) -> source lists. Each of these lists is interned or is the
+        // node's own address list, so equal contents are one allocation: groups are found by
+        // identity, without comparing lists.
+        type Group<'a> = (
+            Arc<[IpNet]>,
+            &'a Arc<[u8]>,
+            &'a Arc<[PortRange]>,
+            Vec<&'a Arc<[IpNet]>>,
+        );
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (r, entries) in &st.m.dst {
             let rs = &self.rules[*r as usize];
-            peers.extend(rs.src.keys().copied());
             if rs.src_nets.is_empty() {
                 continue;
             }
             let rule = &self.policy.rules[*r as usize];
             for e in entries {
-                let entry = &rule.dst[*e as usize];
-                let dst: Vec<IpNet> = match &entry.selector {
-                    Selector::Prefix { net, .. } => st
-                        .node
-                        .addresses
-                        .iter()
-                        .filter(|a| net.contains(*a))
-                        .map(|a| IpNet::from(*a))
-                        .collect(),
-                    _ => st.node.addresses.iter().map(|a| IpNet::from(*a)).collect(),
+                let dst: Arc<[IpNet]> = match &rule.dst[*e as usize].selector {
+                    Selector::Prefix { net, .. } => {
+                        let inside: Vec<IpNet> = st
+                            .nets
+                            .iter()
+                            .filter(|a| net.contains(*a))
+                            .copied()
+                            .collect();
+                        if inside.len() == st.nets.len() {
+                            st.nets.clone()
+                        } else {
+                            lists.nets.intern(inside)
+                        }
+                    }
+                    _ => st.nets.clone(),
                 };
-                for cap in &entry.caps {
-                    let srcs = groups
-                        .entry((dst.clone(), &cap.protos[..], &cap.ports[..]))
-                        .or_default();
+                for (protos, ports) in &self.index.caps[*r as usize][*e as usize] {
+                    let at = groups.iter().position(|g| {
+                        Arc::ptr_eq(&g.0, &dst)
+                            && Arc::ptr_eq(g.1, protos)
+                            && Arc::ptr_eq(g.2, ports)
+                    });
+                    let srcs = match at {
+                        Some(i) => &mut groups[i].3,
+                        None => {
+                            groups.push((dst.clone(), protos, ports, Vec::new()));
+                            &mut groups.last_mut().expect("just pushed").3
+                        }
+                    };
                     if !srcs.iter().any(|s| Arc::ptr_eq(s, &rs.src_nets)) {
                         srcs.push(&rs.src_nets);
                     }
                 }
             }
         }
-        let mut filter: Vec<FilterRule> = groups
+        let mut filter: Vec<ViewRule> = groups
             .into_iter()
-            .map(|((dst, protos, ports), srcs)| {
-                let src = if srcs.len() == 1 {
-                    srcs[0].as_ref().clone()
-                } else {
-                    normalize(srcs.iter().flat_map(|s| s.iter().copied()).collect())
-                };
-                FilterRule {
-                    src,
-                    dst,
-                    protos: protos.to_vec(),
-                    ports: ports.to_vec(),
-                }
+            .map(|(dst, protos, ports, srcs)| ViewRule {
+                src: match srcs[..] {
+                    [one] => one.clone(),
+                    _ => lists.union(&srcs),
+                },
+                dst,
+                protos: protos.clone(),
+                ports: ports.clone(),
             })
             .collect();
+        filter.sort_by(|a, b| {
+            cmp_lists(&a.dst, &b.dst)
+                .then_with(|| cmp_lists(&a.protos, &b.protos))
+                .then_with(|| cmp_lists(&a.src, &b.src))
+                .then_with(|| cmp_lists(&a.ports, &b.ports))
+        });
         // Rules that differ only in ports become one.
         filter.sort_by(|a, b| {
             (&a.dst, &a.protos, &a.src, &a.ports).cmp(&(&b.dst, &b.protos, &b.src, &b.ports))
         });
-        let mut merged: Vec<FilterRule> = Vec::with_capacity(filter.len());
+        let mut merged: Vec<ViewRule> = Vec::with_capacity(filter.len());
         for f in filter {
             match merged.last_mut() {
                 Some(l) if l.dst == f.dst && l.protos == f.protos && l.src == f.src => {
-                    l.ports.extend(f.ports);
-                    l.ports = super::target::merge_ports(std::mem::take(&mut l.ports));
+                    let ports = l.ports.iter().chain(f.ports.iter()).copied().collect();
+                    l.ports = lists.ports.intern(super::target::merge_ports(ports));
                 }
                 _ => merged.push(f),
             }
         }
         merged.shrink_to_fit();
-        peers.sort_unstable();
-        peers.dedup();
-        peers.retain(|p| *p != id);
-        NodeView {
-            peers: peers.into_iter().collect(),
-            filter: merged,
+        merged
+    }
+}
+
+/// Orders lists by content, with a shortcut for one list compared with itself.
+fn cmp_lists<T: Ord>(a: &Arc<[T]>, b: &Arc<[T]>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+fn fresh_rules(index: &RuleIndex) -> Vec<RuleState> {
+    index
+        .raw_src
+        .iter()
+        .map(|raw| RuleState {
+            // Raw source prefixes apply before any node joins.
+            src_nets: Arc::from(raw.clone()),
+            ..RuleState::default()
+        })
+        .collect()
+}
+
+/// The source addresses a member brings to rule `r`: all of its addresses when a node
+/// selector matched it, else those inside the rule's source prefixes; without a posture
+/// requirement, addresses the raw prefixes already cover are left out.
+fn contribution(
+    policy: &Policy,
+    ix: &RuleIndex,
+    r: u32,
+    addrs: &[IpAddr],
+    by_selector: bool,
+) -> Vec<IpNet> {
+    let r = r as usize;
+    let has_posture = !policy.rules[r].posture.postures.is_empty();
+    if !has_posture && !by_selector {
+        return Vec::new();
+    }
+    addrs
+        .iter()
+        .filter(|a| by_selector || ix.src_prefixes[r].iter().any(|n| n.contains(*a)))
+        .filter(|a| has_posture || !ix.raw_src[r].iter().any(|n| n.contains(*a)))
+        .map(|a| IpNet::from(*a))
+        .collect()
+}
+
+/// Walks two sorted sequences: every element in only one of them, with `true` when it is
+/// in the new one.
+fn sorted_diff(
+    old: impl Iterator<Item = NodeId>,
+    new: impl Iterator<Item = NodeId>,
+) -> Vec<(NodeId, bool)> {
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    let mut out = Vec::new();
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(a), Some(b)) if a == b => {
+                old.next();
+                new.next();
+            }
+            (Some(a), Some(b)) if a < b => {
+                out.push((*a, false));
+                old.next();
+            }
+            (Some(a), None) => {
+                out.push((*a, false));
+                old.next();
+            }
+            (_, Some(b)) => {
+                out.push((*b, true));
+                new.next();
+            }
+            (None, None) => return out,
         }
     }
 }
@@ -508,40 +784,6 @@ fn memberships(policy: &Policy, ix: &RuleIndex, n: &InventoryNode) -> Membership
     m
 }
 
-/// Sorts prefixes, drops those inside another, and merges sibling halves into their parent,
-/// so that a set of addresses is described by as few prefixes as possible.
-pub fn normalize(mut v: Vec<IpNet>) -> Vec<IpNet> {
-    for n in &mut v {
-        *n = n.trunc();
-    }
-    v.sort_unstable();
-    v.dedup();
-    let mut out: Vec<IpNet> = Vec::with_capacity(v.len());
-    for n in v {
-        if out.last().is_some_and(|l| l.contains(&n)) {
-            continue;
-        }
-        out.push(n);
-        while out.len() >= 2 {
-            let b = out[out.len() - 1];
-            let a = out[out.len() - 2];
-            let parent = match a.supernet() {
-                Some(p)
-                    if a.prefix_len() == b.prefix_len() && b.supernet() == Some(p) && a != b =>
-                {
-                    p
-                }
-                _ => break,
-            };
-            out.pop();
-            out.pop();
-            out.push(parent);
-        }
-    }
-    out.shrink_to_fit();
-    out
-}
-
 /// Compiles every view at once (convenience for tests and tools).
 pub fn compile_all(
     policy: Arc<Policy>,
@@ -556,49 +798,10 @@ impl ViewCompiler {
     /// Loads many nodes and compiles once (faster than one `upsert_node` per node).
     pub fn bulk_load(&mut self, nodes: impl IntoIterator<Item = InventoryNode>) -> Vec<NodeId> {
         for n in nodes {
-            self.nodes.insert(
-                n.id,
-                NodeState {
-                    node: n,
-                    m: Memberships::default(),
-                },
-            );
+            self.nodes
+                .insert(n.id, NodeState::new(n, Memberships::default()));
         }
         let p = self.policy.clone();
         self.set_policy(p)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn normalize_merges_and_drops_covered() {
-        assert_eq!(
-            normalize(vec![
-                n("10.0.0.1/32"),
-                n("10.0.0.0/32"),
-                n("10.0.0.2/32"),
-                n("10.0.0.3/32")
-            ]),
-            vec![n("10.0.0.0/30")]
-        );
-        assert_eq!(
-            normalize(vec![n("10.0.0.5/32"), n("10.0.0.0/24"), n("fd00::1/128")]),
-            vec![n("10.0.0.0/24"), n("fd00::1/128")]
-        );
-        assert_eq!(
-            normalize(vec![n("10.0.0.1/32"), n("10.0.0.2/32")]),
-            vec![n("10.0.0.1/32"), n("10.0.0.2/32")]
-        );
-        assert_eq!(
-            normalize(vec![n("0.0.0.0/1"), n("128.0.0.0/1")]),
-            vec![n("0.0.0.0/0")]
-        );
     }
 }

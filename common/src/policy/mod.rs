@@ -7,6 +7,7 @@
 //! - `parse`: from the HuJSON tree to a validated [`Policy`].
 //! - `eval`: the reference evaluator, `tests`, `explain` and the admission gate.
 //! - `compile`: the incremental [`ViewCompiler`].
+//! - `view`: the compiled [`NodeView`] with its shared filter lists.
 
 pub mod condition;
 pub mod hujson;
@@ -15,17 +16,21 @@ pub mod target;
 mod compile;
 mod eval;
 mod parse;
+mod peer_list;
+mod prefix_set;
+mod view;
 
 pub use compile::{compile_all, ViewCompiler};
 pub use eval::{reference_allows, Decision, Explanation, Query, TestFailure};
+pub use peer_list::{PeerIter, PeerList};
+pub use view::{heap_bytes_shared, NodeView, ViewRule};
 
 use crate::ids::NodeId;
-use crate::netmap::FilterRule;
 use crate::posture::PostureAttrs;
 use condition::Condition;
 use hujson::Pos;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -172,34 +177,6 @@ pub struct InventoryNode {
     pub tags: Vec<String>,
     pub addresses: Vec<IpAddr>,
     pub posture: PostureAttrs,
-}
-
-/// What one node must know: its peers (both ends of every allowed flow, and nobody else)
-/// and its inbound filter.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct NodeView {
-    pub peers: BTreeSet<NodeId>,
-    pub filter: Vec<FilterRule>,
-}
-
-impl NodeView {
-    /// Heap bytes this view holds (an estimate that counts every allocation's payload and
-    /// B-tree node overhead), for the memory benchmark.
-    pub fn heap_bytes(&self) -> usize {
-        // A BTreeSet<u64> leaf holds up to 11 keys in ~100 bytes; nodes are ~2/3 full.
-        let peers = self.peers.len().div_ceil(7) * 104;
-        let filter = self.filter.capacity() * std::mem::size_of::<FilterRule>()
-            + self
-                .filter
-                .iter()
-                .map(|r| {
-                    (r.src.capacity() + r.dst.capacity()) * std::mem::size_of::<IpNet>()
-                        + r.protos.capacity()
-                        + r.ports.capacity() * std::mem::size_of::<crate::netmap::PortRange>()
-                })
-                .sum::<usize>();
-        peers + filter
-    }
 }
 
 impl Policy {

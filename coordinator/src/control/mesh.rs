@@ -69,7 +69,6 @@ impl Mesh {
             .map(|v| {
                 v.peers
                     .iter()
-                    .copied()
                     .filter(|p| *p != id && self.members.contains_key(p))
                     .collect()
             })
@@ -149,7 +148,7 @@ impl Mesh {
         let mut affected: BTreeSet<NodeId> = self
             .compiler
             .view(id)
-            .map(|v| v.peers.iter().copied().collect())
+            .map(|v| v.peers.iter().collect())
             .unwrap_or_default();
         affected.extend(self.compiler.remove_node(id));
         affected.remove(&id);
@@ -216,10 +215,10 @@ impl Mesh {
         let peers = view
             .peers
             .iter()
-            .filter(|p| **p != id)
-            .filter_map(|p| self.members.get(p).map(|m| (*p, m.rev)))
+            .filter(|p| *p != id)
+            .filter_map(|p| self.members.get(&p).map(|m| (p, m.rev)))
             .collect();
-        (peers, view.filter.clone())
+        (peers, view.filter_rules())
     }
 
     /// Recompute the views of `affected` subscribed nodes and return deltas where they changed.
