@@ -139,6 +139,9 @@ struct Memberships {
     src: Vec<(u32, bool)>,
     /// (rule, destination entries it matches), sorted by rule.
     dst: Vec<(u32, Vec<u16>)>,
+    /// Whether a destination entry matched through a prefix: then the filter's destination
+    /// is a part of the node's addresses rather than all of them.
+    dst_by_prefix: bool,
 }
 
 struct NodeState {
@@ -409,15 +412,35 @@ impl ViewCompiler {
         }
         refilter.sort_unstable();
         refilter.dedup();
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        // Nodes in the same destination entries of the same rules (the servers behind a tag)
+        // get the same filter but for their own addresses: build it once per such class.
+        let mut classes: HashMap<&[(u32, Vec<u16>)], Vec<ViewRule>> = HashMap::new();
         for d in refilter {
             if d == id {
                 continue;
             }
-            let (b, lists, nodes) = self.split();
-            let Some(st) = nodes.get(&d) else {
+            let Some(st) = self.nodes.get(&d) else {
                 continue;
             };
-            let filter = b.filter(lists, st);
+            let filter = if st.m.dst_by_prefix {
+                b.filter(&mut self.lists, st)
+            } else if let Some(same) = classes.get(&st.m.dst[..]) {
+                same.iter()
+                    .map(|r| ViewRule {
+                        dst: st.nets.clone(),
+                        ..r.clone()
+                    })
+                    .collect()
+            } else {
+                let f = b.filter(&mut self.lists, st);
+                classes.insert(&st.m.dst, f.clone());
+                f
+            };
             let v = self.views.get_mut(&d).expect("every node has a view");
             if v.filter != filter {
                 v.filter = filter;
@@ -768,14 +791,17 @@ fn memberships(policy: &Policy, ix: &RuleIndex, n: &InventoryNode) -> Membership
                     m.src.push((r, by_sel));
                 }
             }
-            Role::Dst(e) => match m.dst.last_mut().filter(|l| l.0 == r) {
-                Some(last) => {
-                    if !last.1.contains(&e) {
-                        last.1.push(e);
+            Role::Dst(e) => {
+                m.dst_by_prefix |= !by_sel;
+                match m.dst.last_mut().filter(|l| l.0 == r) {
+                    Some(last) => {
+                        if !last.1.contains(&e) {
+                            last.1.push(e);
+                        }
                     }
+                    None => m.dst.push((r, vec![e])),
                 }
-                None => m.dst.push((r, vec![e])),
-            },
+            }
         }
     }
     for (_, es) in &mut m.dst {

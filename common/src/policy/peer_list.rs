@@ -143,7 +143,11 @@ impl PeerList {
             after
         };
         self.bytes.splice(s.at..end, patch);
-        self.bytes.shrink_to_fit();
+        // The byte or two freed stay reserved (a peer that leaves often comes back); an
+        // empty list gives its memory back.
+        if self.bytes.is_empty() {
+            self.bytes = Vec::new();
+        }
         self.len -= 1;
         true
     }
