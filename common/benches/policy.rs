@@ -2,6 +2,10 @@
 //! 500 groups and 1,000 rules over 10,000 nodes. Measures the full compile of every view, the
 //! recompute after one node changes, and prints the heap bytes the views hold.
 //!
+//! The shared 2-core machines drift by tens of percent between runs, so the group `reference`
+//! measures a fixed workload (sorting a million seeded integers) in the same run: the ratios
+//! to it are comparable between runs, the absolute times only roughly.
+//!
 //! `cargo bench -p ztmesh-common --bench policy` runs it at full size. Run without `--bench`
 //! (as `cargo test --benches` does), it checks each routine once on a small inventory.
 
@@ -47,6 +51,8 @@ struct Shape {
     /// Groups that only the IdP fills (declared with an empty list).
     idp_groups: usize,
     rules: usize,
+    /// Integers the reference workload sorts.
+    reference_len: usize,
 }
 
 const FULL: Shape = Shape {
@@ -57,6 +63,7 @@ const FULL: Shape = Shape {
     groups: 500,
     idp_groups: 50,
     rules: 1_000,
+    reference_len: 1_000_000,
 };
 
 const SMOKE: Shape = Shape {
@@ -67,6 +74,7 @@ const SMOKE: Shape = Shape {
     groups: 20,
     idp_groups: 4,
     rules: 40,
+    reference_len: 10_000,
 };
 
 fn user(i: usize) -> String {
@@ -373,6 +381,25 @@ fn bench_flip(
 }
 
 fn benches(c: &mut Criterion, s: &Shape) {
+    let mut g = c.benchmark_group("reference");
+    g.sample_size(20);
+    g.bench_function("sort_u64", |b| {
+        b.iter_batched(
+            || {
+                let mut rng = Rng(7);
+                (0..s.reference_len)
+                    .map(|_| rng.next())
+                    .collect::<Vec<u64>>()
+            },
+            |mut v| {
+                v.sort_unstable();
+                v
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
     let w = world(s);
     report_memory(&w);
 

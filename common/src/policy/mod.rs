@@ -6,7 +6,8 @@
 //! - [`condition`]: posture conditions.
 //! - `parse`: from the HuJSON tree to a validated [`Policy`].
 //! - `eval`: the reference evaluator, `tests`, `explain` and the admission gate.
-//! - `compile`: the incremental [`ViewCompiler`].
+//! - `compile`: the incremental [`ViewCompiler`]; `membership` indexes the rules for it,
+//!   `prefix_set` keeps source lists as the fewest prefixes, `peer_list` stores peers compactly.
 //! - `view`: the compiled [`NodeView`] with its shared filter lists.
 
 pub mod condition;
@@ -15,6 +16,7 @@ pub mod target;
 
 mod compile;
 mod eval;
+mod membership;
 mod parse;
 mod peer_list;
 mod prefix_set;
