@@ -13,12 +13,12 @@ use super::membership::{contribution, memberships, merge_by_rule, Memberships, R
 use super::peer_list::PeerList;
 use super::prefix_set::{insert_host, normalize, remove_host};
 use super::target::Selector;
-use super::view::{Interner, NodeView, UnionCache, ViewRule};
+use super::view::{FastMap, Interner, NodeView, UnionCache, ViewRule};
 use super::{InventoryNode, Policy};
 use crate::ids::NodeId;
 use crate::netmap::PortRange;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -52,9 +52,9 @@ struct RuleState {
 pub struct ViewCompiler {
     policy: Arc<Policy>,
     index: RuleIndex,
-    nodes: HashMap<NodeId, NodeState>,
+    nodes: FastMap<NodeId, NodeState>,
     rules: Vec<RuleState>,
-    views: HashMap<NodeId, NodeView>,
+    views: FastMap<NodeId, NodeView>,
     lists: Lists,
 }
 
@@ -86,9 +86,9 @@ impl ViewCompiler {
         ViewCompiler {
             policy,
             index,
-            nodes: HashMap::new(),
+            nodes: FastMap::default(),
             rules,
-            views: HashMap::new(),
+            views: FastMap::default(),
             lists: Lists::default(),
         }
     }
@@ -297,7 +297,7 @@ impl ViewCompiler {
         };
         // Nodes in the same destination entries of the same rules (the servers behind a tag)
         // get the same filter but for their own addresses: build it once per such class.
-        let mut classes: HashMap<&[(u32, Vec<u16>)], Vec<ViewRule>> = HashMap::new();
+        let mut classes: FastMap<&[(u32, Vec<u16>)], Vec<ViewRule>> = FastMap::default();
         for d in refilter {
             if d == id {
                 continue;
@@ -376,7 +376,7 @@ impl ViewCompiler {
     }
 
     /// A view builder over the current rules, the interners and the nodes, borrowed apart.
-    fn split(&mut self) -> (Builder<'_>, &mut Lists, &HashMap<NodeId, NodeState>) {
+    fn split(&mut self) -> (Builder<'_>, &mut Lists, &FastMap<NodeId, NodeState>) {
         let b = Builder {
             policy: &self.policy,
             index: &self.index,

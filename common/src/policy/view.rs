@@ -8,6 +8,7 @@ use crate::netmap::{rule_allows, FilterRule, PortRange};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -93,13 +94,56 @@ pub fn heap_bytes_shared<'a>(views: impl IntoIterator<Item = &'a NodeView>) -> u
     owned + total
 }
 
+/// A fast hasher for keys the coordinator makes itself (node ids, address lists, rule
+/// numbers): no device chooses them, so the flooding resistance of the default hasher buys
+/// nothing here, and hashing is a large part of a view update.
+#[derive(Default, Clone, Copy)]
+pub(super) struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.add(u64::from(v));
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+}
+
+pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
+
 /// Lists longer than this are not interned.
 const MAX_INTERNED: usize = 1024;
 
 /// Hands out one shared copy of every distinct list, so that views whose filters come out
 /// equal (servers behind the same tags) hold one allocation between them.
 pub(super) struct Interner<T> {
-    set: HashSet<Arc<[T]>>,
+    set: FastSet<Arc<[T]>>,
     /// Size at which lists no view holds any more are dropped.
     sweep_at: usize,
 }
@@ -107,7 +151,7 @@ pub(super) struct Interner<T> {
 impl<T> Default for Interner<T> {
     fn default() -> Self {
         Interner {
-            set: HashSet::new(),
+            set: FastSet::default(),
             sweep_at: 1024,
         }
     }
@@ -138,7 +182,7 @@ impl<T: Hash + Eq> Interner<T> {
 /// it exists; entries whose result no view holds any more are dropped as the cache grows.
 pub(super) struct UnionCache {
     /// Input identities -> (the inputs, kept alive; the union).
-    map: HashMap<Vec<usize>, UnionEntry>,
+    map: FastMap<Vec<usize>, UnionEntry>,
     sweep_at: usize,
 }
 
@@ -147,7 +191,7 @@ type UnionEntry = (Vec<Arc<[IpNet]>>, Arc<[IpNet]>);
 impl Default for UnionCache {
     fn default() -> Self {
         UnionCache {
-            map: HashMap::new(),
+            map: FastMap::default(),
             sweep_at: 1024,
         }
     }
