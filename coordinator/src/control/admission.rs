@@ -1,7 +1,7 @@
 //! What a device's session asks of the control plane: login (pre-auth key or interactive),
 //! admission (posture gate + credential), renewal, posture reports, endpoints, logout.
 
-use super::core::{merged_posture, NodeState, SessionHandle, OUTBOX};
+use super::core::{merged_posture, NodeState, Outbox, SessionHandle, OUTBOX};
 use super::deadlines::Kind;
 use super::login::{Identity, Purpose};
 use super::{issue, now, ControlError, ControlPlane};
@@ -25,7 +25,7 @@ pub(crate) enum LoginStep {
     /// Admitted: the credential and the full view are queued on `rx`, deltas follow.
     Admitted {
         node: NodeId,
-        rx: mpsc::Receiver<ServerMsg>,
+        rx: Outbox,
     },
     /// The user must log in in a browser; `wait` yields the identity when done.
     Interactive {
@@ -453,7 +453,7 @@ impl ControlPlane {
         id: NodeId,
         state: NodeState,
         checked_with: &Arc<ztmesh_common::policy::Policy>,
-    ) -> Result<mpsc::Receiver<ServerMsg>, Vec<String>> {
+    ) -> Result<Outbox, Vec<String>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let mut wake = false;
         {

@@ -21,6 +21,11 @@ use ztmesh_common::wire::ServerMsg;
 /// reconnects and gets a fresh full view).
 pub const OUTBOX: usize = 256;
 
+/// The receiving half of a session's queue. Messages are boxed: tokio allocates a channel's
+/// slots in blocks of 32, and a block of unboxed `ServerMsg`s would cost every connected
+/// session about 3 KiB even while idle.
+pub type Outbox = mpsc::Receiver<Box<ServerMsg>>;
+
 /// An admitted node.
 pub struct NodeState {
     pub machine_key: MachinePublicKey,
@@ -74,7 +79,7 @@ pub fn merged_posture(reported: &PostureAttrs, custom: &PostureAttrs) -> Posture
 /// The sending half of a connected, admitted session.
 pub struct SessionHandle {
     pub conn: u64,
-    pub tx: mpsc::Sender<ServerMsg>,
+    pub tx: mpsc::Sender<Box<ServerMsg>>,
 }
 
 pub struct Core {
@@ -107,7 +112,7 @@ impl Core {
         let Some(s) = self.sessions.get(&to) else {
             return;
         };
-        match s.tx.try_send(msg) {
+        match s.tx.try_send(Box::new(msg)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(node = %to, conn = s.conn, "session too slow to read its updates; disconnecting it");

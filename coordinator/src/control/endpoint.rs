@@ -91,7 +91,7 @@ async fn accept_loop(cp: ControlPlane, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         match cp.inner.unauthenticated.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(session::run(cp.clone(), incoming, permit));
+                tokio::spawn(session::run(cp.clone(), Box::new(incoming), permit));
             }
             Err(_) => {
                 warn!(remote = %incoming.remote_address(), "control connection ended: refused, too many unauthenticated connections");

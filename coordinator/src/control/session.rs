@@ -3,11 +3,12 @@
 //! connection with a logged reason; every connection ends with exactly one log line.
 
 use super::admission::LoginStep;
+use super::core::Outbox;
 use super::frames::{FrameReader, ReadError};
 use super::login::Identity;
 use super::{now, proof, ControlPlane};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 use ztmesh_common::ids::{MachinePublicKey, NodeId};
@@ -69,7 +70,12 @@ fn msg_name(m: &ClientMsg) -> &'static str {
 }
 
 /// Serve one incoming connection until it ends.
-pub(super) async fn run(cp: ControlPlane, incoming: quinn::Incoming, permit: OwnedSemaphorePermit) {
+/// `incoming` comes boxed: an argument stays part of the task's state for its whole life.
+pub(super) async fn run(
+    cp: ControlPlane,
+    incoming: Box<quinn::Incoming>,
+    permit: OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let conn_id = cp.next_conn_id();
     let mut s = Session {
@@ -113,10 +119,9 @@ enum State {
         login_id: String,
     },
     /// In the mesh; updates arrive on `rx`.
-    Admitted {
-        node: NodeId,
-        rx: mpsc::Receiver<ServerMsg>,
-    },
+    Admitted { node: NodeId, rx: Outbox },
+    /// The device logged out.
+    Done,
 }
 
 struct Session {
@@ -130,9 +135,26 @@ struct Session {
 impl Session {
     async fn drive(
         &mut self,
-        incoming: quinn::Incoming,
+        incoming: Box<quinn::Incoming>,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), End> {
+        // Every step but the admitted loop is boxed: they are over within seconds, and inline
+        // their largest state would stay part of every idle session task for its lifetime.
+        let (mk, mut reader) = Box::pin(self.handshake(incoming)).await?;
+        // Authenticated: no longer counts against the unauthenticated limit.
+        drop(permit);
+        let result = self.serve(mk, &mut reader).await;
+        match result {
+            Err(e @ End::Protocol(_)) => Err(Box::pin(self.fail(e)).await),
+            other => other,
+        }
+    }
+
+    /// QUIC handshake, the control stream, `Hello` with a valid machine-key proof, `Welcome`.
+    async fn handshake(
+        &mut self,
+        incoming: Box<quinn::Incoming>,
+    ) -> Result<(MachinePublicKey, FrameReader), End> {
         let hs = self.cp.inner.cfg.handshake_timeout;
         let connecting = incoming
             .accept()
@@ -152,26 +174,26 @@ impl Session {
             .await
             .map_err(|_| End::Timeout("waiting for Hello"))??;
         let ClientMsg::Hello(hello) = first else {
-            return self
+            return Err(self
                 .fail(End::Protocol(format!(
                     "expected Hello, got {}",
                     msg_name(&first)
                 )))
-                .await;
+                .await);
         };
         if hello.protocol_version != PROTOCOL_VERSION {
-            return self
+            return Err(self
                 .fail(End::Protocol(format!(
                     "protocol version {} is not supported (this coordinator speaks {PROTOCOL_VERSION})",
                     hello.protocol_version
                 )))
-                .await;
+                .await);
         }
         let mut ekm = [0u8; MACHINE_PROOF_LEN];
         conn.export_keying_material(&mut ekm, MACHINE_PROOF_LABEL, b"")
             .map_err(|_| End::Connection("TLS exporter unavailable".into()))?;
         if let Err(e) = proof::verify(&hello.machine_key, &ekm, &hello.proof) {
-            return self.fail(End::Auth(e.to_string())).await;
+            return Err(self.fail(End::Auth(e.to_string())).await);
         }
         let mk = hello.machine_key;
         debug!(conn = self.conn_id, machine_key = %mk, client = %hello.client_version.chars().take(64).collect::<String>(), "machine key proven");
@@ -181,98 +203,116 @@ impl Session {
             server_time: now(),
         }))
         .await?;
-        // Authenticated: no longer counts against the unauthenticated limit.
-        drop(permit);
-        let result = self.serve(mk, &mut reader).await;
-        match result {
-            Err(e @ End::Protocol(_)) => self.fail(e).await,
-            other => other,
-        }
+        Ok((mk, reader))
     }
 
     async fn serve(&mut self, mk: MachinePublicKey, reader: &mut FrameReader) -> Result<(), End> {
         let mut state = State::AwaitLogin;
         loop {
             state = match state {
-                State::AwaitLogin => match reader.next().await? {
-                    ClientMsg::Login(req) => self.login(mk, req).await?,
-                    ClientMsg::Logout => return Ok(()),
-                    other => {
-                        return Err(End::Protocol(format!(
-                            "{} before a successful Login",
-                            msg_name(&other)
-                        )))
-                    }
-                },
+                State::AwaitLogin => Box::pin(self.await_login(mk, reader)).await?,
                 State::Pending {
                     req,
-                    mut wait,
+                    wait,
                     login_id,
-                } => {
-                    tokio::select! {
-                        msg = reader.next() => {
-                            self.cp.inner.logins.forget(&login_id);
-                            match msg? {
-                                ClientMsg::Logout => return Ok(()),
-                                other => return Err(End::Protocol(format!(
-                                    "{} while the interactive login is pending", msg_name(&other)))),
-                            }
-                        }
-                        identity = &mut wait => match identity {
-                            Ok(identity) => {
-                                let step = self.cp.finish_login(self.conn_id, mk, &req, identity).await;
-                                self.step(step).await?
-                            }
-                            Err(_) => {
-                                self.write(&ServerMsg::Refused { reasons: vec!["the login expired".into()] }).await?;
-                                State::AwaitLogin
-                            }
-                        },
-                        _ = tokio::time::sleep(Duration::from_millis(super::login::LOGIN_TTL_MS)) => {
-                            self.cp.inner.logins.forget(&login_id);
-                            self.write(&ServerMsg::Refused { reasons: vec!["the login was not completed in time".into()] }).await?;
-                            State::AwaitLogin
-                        }
-                    }
-                }
-                State::Admitted { node, mut rx } => {
-                    tokio::select! {
-                        out = rx.recv() => match out {
-                            Some(msg) => {
-                                let revoked = matches!(msg, ServerMsg::Revoked { .. });
-                                self.write(&msg).await?;
-                                if revoked {
-                                    // Back to the start: the device may log in again.
-                                    self.node = None;
-                                    State::AwaitLogin
-                                } else {
-                                    State::Admitted { node, rx }
-                                }
-                            }
-                            None => return Err(End::Replaced),
-                        },
-                        msg = reader.next() => {
-                            match msg? {
-                                ClientMsg::Renew(r) => self.cp.renew(node, self.conn_id, r).await,
-                                ClientMsg::PostureReport(p) => self.cp.posture_report(node, self.conn_id, p).await,
-                                ClientMsg::Endpoints(e) => self.cp.endpoints(node, self.conn_id, e),
-                                ClientMsg::FlowLog(events) => self.cp.record_flows(node, events),
-                                ClientMsg::Logout => {
-                                    self.cp.logout(node, self.conn_id).await;
-                                    // Deliver what is queued (the `Revoked`), then end.
-                                    while let Ok(m) = rx.try_recv() {
-                                        self.write(&m).await?;
-                                    }
-                                    return Ok(());
-                                }
-                                other => return Err(End::Protocol(format!(
-                                    "{} from an admitted device", msg_name(&other)))),
-                            }
-                            State::Admitted { node, rx }
-                        }
-                    }
-                }
+                } => Box::pin(self.pending(mk, reader, req, wait, login_id)).await?,
+                State::Admitted { node, rx } => self.admitted(node, rx, reader).await?,
+                State::Done => return Ok(()),
             };
+        }
+    }
+
+    async fn await_login(
+        &mut self,
+        mk: MachinePublicKey,
+        reader: &mut FrameReader,
+    ) -> Result<State, End> {
+        match reader.next().await? {
+            ClientMsg::Login(req) => self.login(mk, req).await,
+            ClientMsg::Logout => Ok(State::Done),
+            other => Err(End::Protocol(format!(
+                "{} before a successful Login",
+                msg_name(&other)
+            ))),
+        }
+    }
+
+    /// The user is logging in in a browser: wait for the identity, the device, or the end of
+    /// the login's lifetime.
+    async fn pending(
+        &mut self,
+        mk: MachinePublicKey,
+        reader: &mut FrameReader,
+        req: Box<LoginRequest>,
+        mut wait: oneshot::Receiver<Identity>,
+        login_id: String,
+    ) -> Result<State, End> {
+        tokio::select! {
+            msg = reader.next() => {
+                self.cp.inner.logins.forget(&login_id);
+                match msg? {
+                    ClientMsg::Logout => Ok(State::Done),
+                    other => Err(End::Protocol(format!(
+                        "{} while the interactive login is pending", msg_name(&other)))),
+                }
+            }
+            identity = &mut wait => match identity {
+                Ok(identity) => {
+                    let step = self.cp.finish_login(self.conn_id, mk, &req, identity).await;
+                    self.step(step).await
+                }
+                Err(_) => {
+                    self.write(&ServerMsg::Refused { reasons: vec!["the login expired".into()] }).await?;
+                    Ok(State::AwaitLogin)
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(super::login::LOGIN_TTL_MS)) => {
+                self.cp.inner.logins.forget(&login_id);
+                self.write(&ServerMsg::Refused { reasons: vec!["the login was not completed in time".into()] }).await?;
+                Ok(State::AwaitLogin)
+            }
+        }
+    }
+
+    /// In the mesh: forward queued updates, serve the device's requests. This is where a
+    /// session spends its life, so its own state is kept small.
+    async fn admitted(
+        &mut self,
+        node: NodeId,
+        mut rx: Outbox,
+        reader: &mut FrameReader,
+    ) -> Result<State, End> {
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(msg) => {
+                        let revoked = matches!(*msg, ServerMsg::Revoked { .. });
+                        self.write(&msg).await?;
+                        if revoked {
+                            // Back to the start: the device may log in again.
+                            self.node = None;
+                            return Ok(State::AwaitLogin);
+                        }
+                    }
+                    None => return Err(End::Replaced),
+                },
+                msg = reader.next() => match msg? {
+                    ClientMsg::Renew(r) => Box::pin(self.cp.renew(node, self.conn_id, r)).await,
+                    ClientMsg::PostureReport(p) => Box::pin(self.cp.posture_report(node, self.conn_id, p)).await,
+                    ClientMsg::Endpoints(e) => self.cp.endpoints(node, self.conn_id, e),
+                    ClientMsg::FlowLog(events) => self.cp.record_flows(node, events),
+                    ClientMsg::Logout => {
+                        Box::pin(self.cp.logout(node, self.conn_id)).await;
+                        // Deliver what is queued (the `Revoked`), then end.
+                        while let Ok(m) = rx.try_recv() {
+                            self.write(&m).await?;
+                        }
+                        return Ok(State::Done);
+                    }
+                    other => return Err(End::Protocol(format!(
+                        "{} from an admitted device", msg_name(&other)))),
+                }
+            }
         }
     }
 
@@ -323,8 +363,8 @@ impl Session {
             .map_err(|e| End::Connection(e.to_string()))
     }
 
-    /// Tell the client why (best effort, briefly), then end with `e`.
-    async fn fail(&mut self, e: End) -> Result<(), End> {
+    /// Tell the client why (best effort, briefly); returns `e` to end with.
+    async fn fail(&mut self, e: End) -> End {
         let message = e.to_string();
         if let Some(send) = self.send.as_mut() {
             if let Ok(frame) = wire::encode_frame(&ServerMsg::Error { message }) {
@@ -336,6 +376,6 @@ impl Session {
                 .await;
             }
         }
-        Err(e)
+        e
     }
 }
