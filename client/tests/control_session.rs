@@ -30,6 +30,10 @@ struct Client {
 }
 
 fn start_client(join: &str, auth_key: Option<&str>) -> Client {
+    start_client_probing(join, auth_key, Duration::from_millis(200))
+}
+
+fn start_client_probing(join: &str, auth_key: Option<&str>, probe_interval: Duration) -> Client {
     let state = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("etc")).unwrap();
@@ -47,7 +51,7 @@ fn start_client(join: &str, auth_key: Option<&str>) -> Client {
         "laptop".into(),
         auth_key.map(str::to_owned),
     );
-    cfg.probe_interval = Duration::from_millis(200);
+    cfg.probe_interval = probe_interval;
     cfg.flow_interval = Duration::from_millis(200);
     cfg.backoff_base = Duration::from_millis(100);
     cfg.backoff_cap = Duration::from_millis(400);
@@ -353,4 +357,51 @@ async fn interactive_login_url_refusal_and_logout() {
         .unwrap()
         .unwrap();
     assert_eq!(end, SessionEnd::LoggedOut);
+}
+
+#[tokio::test]
+async fn posture_is_reported_when_due_not_at_the_next_probe() {
+    let mut server = start_server();
+    // Probes run once a minute; the coordinator wants a report every second.
+    let client = start_client_probing(
+        &server.join_url(),
+        Some("tskey-preauth-1"),
+        Duration::from_secs(60),
+    );
+    let reply = hello(&mut server).await;
+    let (_, login) = server
+        .next_msg(5, |m| matches!(m, ClientMsg::Login(_)))
+        .await;
+    let ClientMsg::Login(login) = login else {
+        unreachable!()
+    };
+    let cred = credential(
+        &server.signing,
+        2,
+        "laptop",
+        client.machine,
+        login.wg_public_key,
+        1,
+        60_000,
+    );
+    reply
+        .send(ServerMsg::Credential(CredentialGrant {
+            node_id: ztmesh_common::ids::NodeId(2),
+            credential: cred,
+            renew_at: control_support::now().saturating_add_ms(50_000),
+            posture_report_interval_ms: 1_000,
+        }))
+        .await
+        .unwrap();
+    // The coordinator takes a device out once a report is 2 s late: two reports must come
+    // long before the first probe tick.
+    for _ in 0..2 {
+        let (_, report) = server
+            .next_msg(3, |m| matches!(m, ClientMsg::PostureReport(_)))
+            .await;
+        let ClientMsg::PostureReport(attrs) = report else {
+            unreachable!()
+        };
+        assert!(attrs.contains_key(attr::CLIENT_VERSION));
+    }
 }

@@ -15,6 +15,11 @@ use ztmesh_coordinator::store::{Decision, Store};
 const ONE_SECOND: Duration = Duration::from_secs(1);
 
 fn policy(lifetime: &str, extra_acl: &str) -> String {
+    policy_with(&format!(r#""credential": "{lifetime}""#), extra_acl)
+}
+
+/// The test policy with these `lifetimes` members.
+fn policy_with(lifetimes: &str, extra_acl: &str) -> String {
     format!(
         r#"{{
   "tagOwners": {{ "tag:a": [], "tag:b": [], "tag:c": [] }},
@@ -24,7 +29,7 @@ fn policy(lifetime: &str, extra_acl: &str) -> String {
     {{ "action": "accept", "src": ["tag:a"], "dst": ["tag:b:443"] }},
     {extra_acl}
   ],
-  "lifetimes": {{ "credential": "{lifetime}" }},
+  "lifetimes": {{ {lifetimes} }},
 }}"#
     )
 }
@@ -273,4 +278,78 @@ async fn policy_change_pushes_deltas_to_affected_devices() {
             .unwrap_err();
     assert!(err.to_string().contains("policy.hujson:"), "{err}");
     assert_eq!(h.store.policy_history().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_silent_past_its_posture_interval_is_revoked_and_peers_told() {
+    // A report every 2 s, with 2 s of grace: a device is overdue 4 s after its last one.
+    let h = Harness::start(&policy_with(r#""postureReport": "2s""#, "")).await;
+    let (mut a, mut b) = pair(&h).await;
+    assert_eq!(b.posture_report_interval_ms, 2000, "the device is told");
+    let joined = Instant::now();
+    // a reports every second; b says nothing after its login.
+    let mut next_report = joined + ONE_SECOND;
+    let removed_after = loop {
+        assert!(joined.elapsed() < Duration::from_secs(8), "b never removed");
+        let wait = next_report.saturating_duration_since(Instant::now());
+        match a.client.recv_within(wait).await.unwrap() {
+            Some(ServerMsg::NetMapDelta(d)) => {
+                assert_eq!(d.remove, vec![b.node], "{d:?}");
+                break joined.elapsed();
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                a.client
+                    .send(&ClientMsg::PostureReport(fw()))
+                    .await
+                    .unwrap();
+                next_report += ONE_SECOND;
+            }
+        }
+    };
+    eprintln!("silent device removed {removed_after:?} after it joined");
+    assert!(
+        removed_after >= Duration::from_millis(3800),
+        "removed before its report was due: {removed_after:?}"
+    );
+    assert!(
+        removed_after < Duration::from_millis(5000),
+        "removed more than a second after its deadline: {removed_after:?}"
+    );
+    let reason = match b.client.recv().await.unwrap() {
+        ServerMsg::Revoked { reason } => reason,
+        other => panic!("expected Revoked, got {other:?}"),
+    };
+    assert!(reason.contains("no posture report for 4 s"), "{reason}");
+    // a, which reported in time, stays past its own first deadline.
+    while joined.elapsed() < Duration::from_secs(6) {
+        a.client
+            .send(&ClientMsg::PostureReport(fw()))
+            .await
+            .unwrap();
+        assert!(a.client.recv_within(ONE_SECOND).await.unwrap().is_none());
+    }
+    let devs = h.cp.devices().await.unwrap();
+    let state = |id| devs.iter().find(|d| d.id == id).unwrap();
+    assert!(state(a.node).admitted, "the reporting device stays");
+    assert!(!state(b.node).admitted && !state(b.node).revoked);
+    assert!(state(b.node).posture_failures[0].contains("no posture report"));
+    assert!(h
+        .store
+        .audit_records()
+        .unwrap()
+        .iter()
+        .any(|r| r.action == "revocation"
+            && r.decision == Decision::Deny
+            && r.reason.contains("no posture report")));
+    // Not the durable revoked flag: a fresh login with a fresh report brings it back.
+    b.client
+        .send(&ClientMsg::Login(login_request(
+            "b-1",
+            LoginAuth::AuthKey("unused: the device is enrolled".into()),
+            fw(),
+        )))
+        .await
+        .unwrap();
+    expect_credential(&mut b.client, &b.welcome).await;
 }

@@ -69,7 +69,7 @@ async fn login_as(h: &Harness, identity: Identity) -> Device {
     };
     let id = url.rsplit('/').next().unwrap();
     h.cp.complete_login(id, identity).await.unwrap();
-    let (node, credential) = expect_credential(&mut client, &welcome).await;
+    let (node, credential, posture_report_interval_ms) = expect_grant(&mut client, &welcome).await;
     let ServerMsg::NetMap(netmap) = client.recv().await.unwrap() else {
         panic!("expected NetMap")
     };
@@ -78,6 +78,7 @@ async fn login_as(h: &Harness, identity: Identity) -> Device {
         welcome,
         node,
         credential,
+        posture_report_interval_ms,
         netmap,
     }
 }

@@ -12,11 +12,15 @@ use ztmesh_common::ids::NodeId;
 use ztmesh_common::posture::PostureAttrs;
 
 fn policy(lifetime: &str) -> String {
+    policy_with(&format!(r#""credential": "{lifetime}""#))
+}
+
+fn policy_with(lifetimes: &str) -> String {
     format!(
         r#"{{
   "tagOwners": {{ "tag:a": [], "tag:b": [] }},
   "acls": [ {{ "action": "accept", "src": ["tag:a"], "dst": ["tag:b:443"] }} ],
-  "lifetimes": {{ "credential": "{lifetime}" }},
+  "lifetimes": {{ {lifetimes} }},
 }}"#
     )
 }
@@ -106,6 +110,39 @@ async fn a_restored_device_that_never_reconnects_expires_and_peers_are_told() {
         .0
         .saturating_sub(b_expires.0);
     assert!(late <= 1000, "b removed {late} ms after its expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_device_that_never_reports_again_leaves_the_mesh() {
+    // Reports are due every 2 s, with 2 s of grace; credentials last an hour.
+    let mut h = Harness::start(&policy_with(r#""postureReport": "2s""#)).await;
+    let a = enroll(&h, "a-1", "tag:a").await;
+    let b = enroll(&h, "b-1", "tag:b").await;
+    let enrolled = Instant::now();
+
+    h.restart().await;
+    let mut a_back = rejoin(&h, &a, "a-1").await;
+    assert_eq!(
+        peer_ids(&a_back.netmap.peers, &a_back.welcome.coordinator_key),
+        vec![b.node]
+    );
+    // b's last report came with its login, before the restart.
+    let (d, _) = next_delta(&mut a_back.client, Duration::from_secs(6))
+        .await
+        .expect("a is told that b went silent");
+    assert_eq!(d.remove, vec![b.node]);
+    let after = enrolled.elapsed();
+    assert!(
+        after >= Duration::from_millis(3800) && after < Duration::from_secs(5),
+        "b removed {after:?} after its last report"
+    );
+    let devices = h.cp.devices().await.unwrap();
+    let b_row = devices.iter().find(|d| d.id == b.node).unwrap();
+    assert!(!b_row.admitted && !b_row.revoked, "{b_row:?}");
+    assert!(
+        b_row.posture_failures[0].contains("no posture report"),
+        "{b_row:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,6 +258,7 @@ impl Conn<'_> {
             t.reset();
         }
         loop {
+            let report_due = self.report_due();
             let step = tokio::select! {
                 msg = self.c.recv() => match msg {
                     Some(Ok(m)) => self.on_msg(m).await,
@@ -271,6 +272,7 @@ impl Conn<'_> {
                     }
                 },
                 _ = sleep_opt(self.renew_deadline) => self.renew().await,
+                _ = sleep_opt(report_due) => self.maybe_report_posture().await,
                 _ = probe.tick() => self.maybe_report_posture().await,
                 _ = flows.tick() => self.send_flows().await,
                 _ = eps.tick() => self.maybe_send_endpoints().await,
@@ -504,6 +506,13 @@ impl Conn<'_> {
         self.last_report = Some((posture, Instant::now()));
         self.renew_deadline = Some(Instant::now() + RENEW_RETRY);
         self.send(&msg).await
+    }
+
+    /// When the coordinator expects the next posture report: it takes a device that stays
+    /// silent past its interval out of the mesh, so the report may not wait for a probe tick.
+    fn report_due(&self) -> Option<Instant> {
+        let interval = self.report_interval?;
+        self.last_report.as_ref().map(|(_, at)| *at + interval)
     }
 
     async fn maybe_report_posture(&mut self) -> Result<(), ConnEnd> {

@@ -365,6 +365,9 @@ impl ControlPlane {
             refresh_token: owner.refresh_token.clone(),
             subject: owner.subject.clone(),
             reauth_url: None,
+            posture_at: t,
+            // Set from the lifetimes of the grant in `go_live`.
+            posture_interval: policy.lifetimes().posture_report,
         };
         let inventory = state.inventory(id);
         let verdict = if undeclared.is_empty() {
@@ -451,7 +454,7 @@ impl ControlPlane {
         &self,
         conn: u64,
         id: NodeId,
-        state: NodeState,
+        mut state: NodeState,
         checked_with: &Arc<ztmesh_common::policy::Policy>,
     ) -> Result<Outbox, Vec<String>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
@@ -463,6 +466,7 @@ impl ControlPlane {
                 core.policy.check_admission(&state.inventory(id))?;
             }
             let lifetimes = core.policy.lifetimes();
+            state.posture_interval = lifetimes.posture_report;
             let grant = CredentialGrant {
                 node_id: id,
                 credential: state.signed.clone(),
@@ -482,6 +486,7 @@ impl ControlPlane {
             core.send(id, ServerMsg::Credential(grant));
             core.send(id, ServerMsg::NetMap(map));
             wake |= core.set_deadline(id, Kind::CredentialExpiry, state.credential.expires_at);
+            wake |= core.set_deadline(id, Kind::PostureDue, state.posture_due());
             match state.login_expires_at {
                 Some(at) => wake |= core.set_deadline(id, Kind::LoginExpiry, at),
                 None => core.deadlines.clear(id, Kind::LoginExpiry),
@@ -558,6 +563,9 @@ impl ControlPlane {
                 return;
             };
             st.reported = reported.clone();
+            st.posture_at = t;
+            st.posture_interval = lifetimes.posture_report;
+            let posture_due = st.posture_due();
             let cred = issue::build(
                 &issue::Subject {
                     node_id: id,
@@ -586,7 +594,8 @@ impl ControlPlane {
             let pushes = core.mesh.upsert(inv, signed.clone(), None);
             core.push_all(pushes);
             core.send(id, ServerMsg::Credential(grant));
-            let wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
+            let mut wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
+            wake |= core.set_deadline(id, Kind::PostureDue, posture_due);
             (cred, signed, wake)
         };
         if wake {
@@ -634,8 +643,13 @@ impl ControlPlane {
             let verdict = policy.check_admission(&inv);
             if verdict.is_ok() {
                 st.reported = reported.clone();
+                st.posture_at = t;
+                let due = st.posture_due();
                 let pushes = core.mesh.update_inventory(inv);
                 core.push_all(pushes);
+                if core.set_deadline(id, Kind::PostureDue, due) {
+                    self.wake_sweeper();
+                }
             }
             verdict
         };
@@ -808,6 +822,8 @@ impl ControlPlane {
             if identity.subject.is_some() {
                 st.subject = identity.subject.clone();
             }
+            st.posture_interval = lifetimes.posture_report;
+            let posture_due = st.posture_due();
             let cred = issue::build(
                 &issue::Subject {
                     node_id: id,
@@ -837,6 +853,7 @@ impl ControlPlane {
             core.send(id, ServerMsg::Credential(grant));
             let mut wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
             wake |= core.set_deadline(id, Kind::LoginExpiry, until);
+            wake |= core.set_deadline(id, Kind::PostureDue, posture_due);
             (signed, cred.expires_at, wake)
         };
         if wake {

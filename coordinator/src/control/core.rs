@@ -2,12 +2,13 @@
 //! engine, the admitted nodes, the connected sessions and the timers. Every push is made while
 //! the lock is held, so each session sees its credential, full view and deltas in order.
 
-use super::deadlines::{Deadlines, Kind};
+use super::deadlines::{self, Deadlines, Kind};
 use super::mesh::{Mesh, Push};
 use crate::store::LoginMethod;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use ztmesh_common::credential::{NodeCredential, SignedCredential};
@@ -49,9 +50,18 @@ pub struct NodeState {
     pub subject: Option<String>,
     /// The re-authentication URL already handed out, if the login session ended.
     pub reauth_url: Option<String>,
+    /// When its last posture report (login, renewal or report) arrived.
+    pub posture_at: UnixMillis,
+    /// The report interval it was told in its last credential grant: the one it is held to.
+    pub posture_interval: Duration,
 }
 
 impl NodeState {
+    /// When its next posture report is overdue.
+    pub fn posture_due(&self) -> UnixMillis {
+        deadlines::posture_deadline(self.posture_at, self.posture_interval)
+    }
+
     /// The node as the policy sees it.
     pub fn inventory(&self, id: NodeId) -> InventoryNode {
         InventoryNode {

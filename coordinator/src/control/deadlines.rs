@@ -1,7 +1,8 @@
-//! Timers of admitted nodes (credential expiry, login-session end), as a pure ordered queue.
-//! The sweeper task sleeps until the earliest one; nothing polls.
+//! Timers of admitted nodes (credential expiry, login-session end, posture report due), as a
+//! pure ordered queue. The sweeper task sleeps until the earliest one; nothing polls.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 use ztmesh_common::ids::NodeId;
 use ztmesh_common::time::UnixMillis;
 
@@ -12,6 +13,22 @@ pub enum Kind {
     CredentialExpiry,
     /// The node's login session ends: re-verify (OIDC refresh) or ask for a new login.
     LoginExpiry,
+    /// The node's next posture report is overdue: without one its posture is unknown, and it
+    /// is taken out of the mesh.
+    PostureDue,
+}
+
+/// Time allowed past the posture report interval, for the network, the device's probes and
+/// its clock: half the interval, within 2 s..60 s.
+pub fn posture_grace(interval: Duration) -> Duration {
+    (interval / 2).clamp(Duration::from_secs(2), Duration::from_secs(60))
+}
+
+/// When a node whose last posture arrived at `last` and that was told to report every
+/// `interval` counts as silent.
+pub fn posture_deadline(last: UnixMillis, interval: Duration) -> UnixMillis {
+    let allowed = interval.saturating_add(posture_grace(interval));
+    last.saturating_add_ms(u64::try_from(allowed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One deadline per (node, kind); setting it again replaces the old one.
@@ -41,6 +58,7 @@ impl Deadlines {
     pub fn clear_node(&mut self, id: NodeId) {
         self.clear(id, Kind::CredentialExpiry);
         self.clear(id, Kind::LoginExpiry);
+        self.clear(id, Kind::PostureDue);
     }
 
     pub fn next(&self) -> Option<UnixMillis> {
@@ -86,5 +104,32 @@ mod tests {
             vec![(NodeId(1), Kind::CredentialExpiry)]
         );
         assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn posture_deadline_allows_half_the_interval_within_bounds() {
+        let t = UnixMillis(1_000_000);
+        let secs = Duration::from_secs;
+        // Default 5 min: 60 s of grace (the cap).
+        assert_eq!(
+            posture_deadline(t, secs(300)),
+            UnixMillis(1_000_000 + 360_000)
+        );
+        // 20 s: 10 s.
+        assert_eq!(
+            posture_deadline(t, secs(20)),
+            UnixMillis(1_000_000 + 30_000)
+        );
+        // 1 s: at least 2 s.
+        assert_eq!(posture_deadline(t, secs(1)), UnixMillis(1_000_000 + 3_000));
+        let mut d = Deadlines::default();
+        d.set(NodeId(1), Kind::PostureDue, UnixMillis(5));
+        d.set(NodeId(1), Kind::CredentialExpiry, UnixMillis(9));
+        d.clear_node(NodeId(1));
+        assert_eq!(
+            d.next(),
+            None,
+            "removing a node clears its posture timer too"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! view without its peers and cut every connection to them.
 
 use super::core::{Core, NodeState};
-use super::deadlines::Kind;
+use super::deadlines::{self, Kind};
 use crate::store::DeviceRecord;
 use tracing::{info, warn};
 use ztmesh_common::addr::overlay_addrs;
@@ -31,6 +31,12 @@ pub(super) fn restore_admitted(
                     Some(state.endpoints.clone()),
                 );
                 core.set_deadline(id, Kind::CredentialExpiry, state.credential.expires_at);
+                // A device gets the grace period after the restart to reconnect and report,
+                // even when its last report is older than that.
+                let reconnect = now.saturating_add_ms(
+                    deadlines::posture_grace(state.posture_interval).as_millis() as u64,
+                );
+                core.set_deadline(id, Kind::PostureDue, state.posture_due().max(reconnect));
                 if let Some(at) = state.login_expires_at {
                     core.set_deadline(id, Kind::LoginExpiry, at);
                 }
@@ -92,6 +98,9 @@ fn restorable(
         refresh_token: d.refresh_token.clone(),
         subject: None,
         reauth_url: None,
+        posture_at: d.posture_reported_at.unwrap_or(now),
+        // What it was told is not stored; the policy in force is the best guess.
+        posture_interval: core.policy.lifetimes().posture_report,
     };
     // The policy in force decides again, as it would at a reconnect.
     if d.tags.iter().any(|t| !core.policy.is_declared_tag(t)) {

@@ -1,6 +1,7 @@
 //! The sweeper: sleeps until the earliest deadline (woken early when an earlier one is set),
-//! ends expired credentials (every peer told at once) and handles ended login sessions
-//! (OIDC refresh-token re-verification, or a re-authentication URL for the user).
+//! ends expired credentials (every peer told at once), takes silent devices (posture report
+//! overdue) out of the mesh, and handles ended login sessions (OIDC refresh-token
+//! re-verification, or a re-authentication URL for the user).
 
 use super::deadlines::Kind;
 use super::{now, ControlPlane, Inner};
@@ -31,6 +32,10 @@ pub(super) async fn run(inner: Weak<Inner>, wake: Arc<Notify>) {
                     Kind::LoginExpiry => {
                         let cp2 = cp.clone();
                         tokio::spawn(async move { cp2.login_ended(id).await });
+                    }
+                    Kind::PostureDue => {
+                        let cp2 = cp.clone();
+                        tokio::spawn(async move { cp2.posture_overdue(id).await });
                     }
                 }
             }
@@ -78,6 +83,39 @@ impl ControlPlane {
             format!("credential serial {} expired", st.credential.serial),
         )
         .await;
+    }
+
+    /// A node's posture report is overdue: its posture is unknown, so it leaves the mesh. Not
+    /// the durable revoked flag: the device comes back by logging in with a fresh report.
+    async fn posture_overdue(&self, id: NodeId) {
+        let t = now();
+        let reason = {
+            let mut core = self.core();
+            let Some(st) = core.nodes.get(&id) else {
+                return;
+            };
+            let due = st.posture_due();
+            if due > t {
+                // A report arrived since the timer was taken.
+                core.set_deadline(id, Kind::PostureDue, due);
+                return;
+            }
+            format!(
+                "no posture report for {} s (the policy asks for one every {} s)",
+                st.posture_at.until(t) / 1000,
+                st.posture_interval.as_secs()
+            )
+        };
+        warn!(node = %id, reason = %reason, "posture report overdue");
+        self.revoke(id, "system", reason.clone(), false).await;
+        let _ = self
+            .blocking(move |s| {
+                s.update_device(id, &mut |d| {
+                    d.posture_ok = Some(false);
+                    d.posture_failures = vec![reason.clone()];
+                })
+            })
+            .await;
     }
 
     /// A user device's login session ended.

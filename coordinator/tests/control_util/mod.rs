@@ -73,6 +73,8 @@ pub struct Device {
     pub welcome: Welcome,
     pub node: NodeId,
     pub credential: NodeCredential,
+    /// How often the coordinator asked it to report its posture.
+    pub posture_report_interval_ms: u64,
     pub netmap: NetMap,
 }
 
@@ -192,7 +194,8 @@ impl Harness {
             .unwrap();
         let req = testkit::login_request(hostname, LoginAuth::AuthKey(key.into()), posture);
         client.send(&ClientMsg::Login(req)).await.unwrap();
-        let (node, credential) = expect_credential(&mut client, &welcome).await;
+        let (node, credential, posture_report_interval_ms) =
+            expect_grant(&mut client, &welcome).await;
         let netmap = match client.recv().await.unwrap() {
             ServerMsg::NetMap(m) => m,
             other => panic!("expected NetMap, got {other:?}"),
@@ -202,6 +205,7 @@ impl Harness {
             welcome,
             node,
             credential,
+            posture_report_interval_ms,
             netmap,
         }
     }
@@ -212,6 +216,15 @@ pub async fn expect_credential(
     client: &mut TestClient,
     welcome: &Welcome,
 ) -> (NodeId, NodeCredential) {
+    let (node, cred, _) = expect_grant(client, welcome).await;
+    (node, cred)
+}
+
+/// [`expect_credential`], with the posture report interval of the grant.
+pub async fn expect_grant(
+    client: &mut TestClient,
+    welcome: &Welcome,
+) -> (NodeId, NodeCredential, u64) {
     match client.recv().await.unwrap() {
         ServerMsg::Credential(g) => {
             let cred = g
@@ -219,7 +232,7 @@ pub async fn expect_credential(
                 .verify(&welcome.coordinator_key, now())
                 .expect("credential verifies");
             assert_eq!(cred.node_id, g.node_id);
-            (g.node_id, cred)
+            (g.node_id, cred, g.posture_report_interval_ms)
         }
         other => panic!("expected Credential, got {other:?}"),
     }
