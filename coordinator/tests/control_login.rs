@@ -165,6 +165,33 @@ async fn posture_refusal_names_every_failed_condition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_hostname_is_refused_saying_why_and_audited() {
+    let h = Harness::start(POLICY).await;
+    let key = h.preauth(&["tag:web"], true);
+    let (mut c, _) = h.connect().await;
+    c.send(&ClientMsg::Login(login_request(
+        "web x; rm -rf /",
+        LoginAuth::AuthKey(key),
+        good(),
+    )))
+    .await
+    .unwrap();
+    let reasons = match c.recv().await.unwrap() {
+        ServerMsg::Refused { reasons } => reasons,
+        other => panic!("expected Refused, got {other:?}"),
+    };
+    assert!(reasons[0].contains("is not valid"), "{reasons:?}");
+    let records = h.store.audit_records().unwrap();
+    let rec = records
+        .iter()
+        .find(|a| a.action == "admission" && a.decision == Decision::Deny)
+        .unwrap_or_else(|| panic!("refusal not audited: {records:?}"));
+    assert!(rec.actor.starts_with("machine:"), "{rec:?}");
+    assert!(rec.reason.contains("is not valid"), "{rec:?}");
+    assert!(h.store.list_devices().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_use_key_raced_by_20_devices_admits_exactly_one() {
     let h = Harness::start(POLICY).await;
     let key = h.preauth(&["tag:web"], false);

@@ -16,9 +16,10 @@ use serde_json::json;
 use ztmesh_common::posture::{attr, AttrValue};
 use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
 use ztmesh_coordinator::control::testkit::login_request;
+use ztmesh_coordinator::control::testkit::TestClient;
 use ztmesh_coordinator::control::ControlConfig;
 use ztmesh_coordinator::identity::oidc::OidcProvider;
-use ztmesh_coordinator::store::Store;
+use ztmesh_coordinator::store::{Decision, Store};
 
 const POLICY: &str = r#"{
   "groups": { "group:eng": [] },
@@ -29,8 +30,15 @@ const POLICY: &str = r#"{
   ],
 }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_login_via_oidc_then_reverified_then_revoked_when_user_disabled() {
+/// The control plane, the test IdP and the relying party's routes, wired together.
+struct Setup {
+    h: Harness,
+    idp: Idp,
+    base: String,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn setup() -> Setup {
     let (listener, base) = rp_listener().await;
     let idp = Idp::start(json!([client("ztmesh", &base)]), users());
     let h = Harness::start_with(
@@ -47,10 +55,17 @@ async fn device_login_via_oidc_then_reverified_then_revoked_when_user_disabled()
             .unwrap(),
     );
     h.cp.set_reverifier(provider.clone());
-    let _server = serve_routes(listener, provider, Arc::new(h.cp.clone()));
+    let server = serve_routes(listener, provider, Arc::new(h.cp.clone()));
+    Setup {
+        h,
+        idp,
+        base,
+        _server: server,
+    }
+}
 
-    // The device asks for an interactive login and is given the login page's URL.
-    let (mut c, welcome) = h.connect().await;
+/// Ask for an interactive login; returns the login id of the URL the device was given.
+async fn ask_login(c: &mut TestClient, base: &str) -> String {
     let posture = posture(&[(attr::FIREWALL, AttrValue::Bool(true))]);
     c.send(&ClientMsg::Login(login_request(
         "laptop",
@@ -63,10 +78,23 @@ async fn device_login_via_oidc_then_reverified_then_revoked_when_user_disabled()
         ServerMsg::LoginUrl { url } => url,
         other => panic!("expected LoginUrl, got {other:?}"),
     };
-    let login_id = url
-        .strip_prefix(&format!("{base}/login/"))
+    url.strip_prefix(&format!("{base}/login/"))
         .unwrap_or_else(|| panic!("login url {url} under {base}/login/"))
-        .to_string();
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_via_oidc_then_reverified_then_revoked_when_user_disabled() {
+    let Setup {
+        h,
+        idp,
+        base,
+        _server,
+    } = setup().await;
+
+    // The device asks for an interactive login and is given the login page's URL.
+    let (mut c, welcome) = h.connect().await;
+    let login_id = ask_login(&mut c, &base).await;
 
     // An unknown login id is refused before the browser is sent to the IdP.
     let page = Browser::new()
@@ -135,4 +163,49 @@ async fn device_login_via_oidc_then_reverified_then_revoked_when_user_disabled()
         }
     };
     assert!(reason.contains("re-verification"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_without_mfa_refuses_the_waiting_device_saying_why_and_is_audited() {
+    let Setup {
+        h,
+        base,
+        idp: _idp,
+        _server,
+    } = setup().await;
+    let (mut c, _) = h.connect().await;
+    let login_id = ask_login(&mut c, &base).await;
+
+    // bob has a password only: the IdP reports amr ["pwd"].
+    let page = sign_in(&base, &login_id, "bob", "bob-pw", "", false)
+        .await
+        .expect("not stopped");
+    assert_eq!(page.status, 403, "{page:?}");
+
+    // The device waiting on the login hears why at once, not at the login's timeout.
+    let reasons = match c.recv().await.unwrap() {
+        ServerMsg::Refused { reasons } => reasons,
+        other => panic!("expected Refused, got {other:?}"),
+    };
+    assert_eq!(reasons.len(), 1);
+    assert!(
+        reasons[0].contains("multi-factor authentication is required"),
+        "{reasons:?}"
+    );
+    let records = h.store.audit_records().unwrap();
+    let rec = records
+        .iter()
+        .find(|r| r.action == "admission" && r.reason.contains("multi-factor"))
+        .unwrap_or_else(|| panic!("no audit record of the refusal: {records:?}"));
+    assert_eq!(rec.decision, Decision::Deny);
+    assert_eq!(rec.actor, "user:bob@example.test");
+    assert_eq!(rec.subject, "laptop");
+    assert!(
+        h.store.list_devices().unwrap().is_empty(),
+        "nobody admitted"
+    );
+
+    // The login is over; the device may start a new one.
+    let again = ask_login(&mut c, &base).await;
+    assert_ne!(again, login_id);
 }

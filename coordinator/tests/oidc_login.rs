@@ -151,7 +151,12 @@ async fn tampered_login(tamper: serde_json::Value) -> Result<(), OidcError> {
         .callback(&cb.code, &cb.state, cb.iss.as_deref())
         .await;
     drop(idp);
-    result.map(|v| panic!("tampered token accepted: {v:?}"))
+    result
+        .map(|v| panic!("tampered token accepted: {v:?}"))
+        .map_err(|e| {
+            assert!(e.login_id.is_some(), "the pending login is named: {e:?}");
+            e.error
+        })
 }
 
 #[tokio::test]
@@ -268,7 +273,8 @@ async fn code_from_a_second_provider_is_refused() {
         .provider
         .callback(&cb_b.code, &cb_a.state, cb_b.iss.as_deref())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, OidcError::IssuerMismatch { .. }), "{err:?}");
     // Without the iss parameter, A's token endpoint refuses B's code.
     let cb_a2 = sign_in(
@@ -285,7 +291,8 @@ async fn code_from_a_second_provider_is_refused() {
         .provider
         .callback(&cb_b.code, &cb_a2.state, None)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, OidcError::TokenRequest(ref t) if t.contains("invalid_grant")),
         "{err:?}"
@@ -331,7 +338,8 @@ async fn state_is_single_use_bound_to_its_pkce_and_expires() {
         .provider
         .callback(&cb_a.code, &cb_b.state, cb_a.iss.as_deref())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, OidcError::TokenRequest(ref t) if t.contains("invalid_grant")),
         "{err:?}"
@@ -341,7 +349,8 @@ async fn state_is_single_use_bound_to_its_pkce_and_expires() {
         .provider
         .callback(&cb_b.code, &cb_b.state, cb_b.iss.as_deref())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, OidcError::UnknownState), "{err:?}");
 
     // The real callback of A through the route works once; replaying it is refused.
@@ -373,7 +382,8 @@ async fn state_is_single_use_bound_to_its_pkce_and_expires() {
         .provider
         .callback(&cb_c.code, &cb_c.state, cb_c.iss.as_deref())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(matches!(err, OidcError::LoginExpired), "{err:?}");
 }
 

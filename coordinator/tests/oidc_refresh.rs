@@ -102,7 +102,8 @@ async fn wrong_client_secret_is_refused_at_the_token_endpoint() {
         .provider
         .callback(&cb.code, &cb.state, cb.iss.as_deref())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
     assert!(
         matches!(err, OidcError::TokenRequest(ref t) if t.contains("invalid_client")),
         "{err:?}"

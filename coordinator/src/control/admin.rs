@@ -2,9 +2,9 @@
 //! device attributes, the device list, and the completion of interactive logins.
 
 use super::core::merged_posture;
-use super::login::{Identity, LoginError, LoginStatus, Purpose};
+use super::login::{Identity, LoginError, LoginStatus, Purpose, Refused};
 use super::{now, ControlError, ControlPlane};
-use crate::store::PolicyVersion;
+use crate::store::{Decision, PolicyVersion};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -214,12 +214,31 @@ impl ControlPlane {
         identity: Identity,
     ) -> Result<(), LoginError> {
         match self.inner.logins.complete(login_id, &identity, now())? {
-            Purpose::Join(tx) => tx.send(identity).map_err(|_| LoginError::DeviceGone),
+            Purpose::Join { tx, .. } => tx.send(Ok(identity)).map_err(|_| LoginError::DeviceGone),
             Purpose::Reauth { node, .. } => {
                 self.reauth_done(node, identity).await;
                 Ok(())
             }
         }
+    }
+
+    /// The web layer refused a sign-in (OIDC: the IdP said no, or its answer failed a check).
+    /// Audited; a device waiting to join gets `Refused` with the reason, so that `ztmesh up`
+    /// says why instead of waiting for the login to time out.
+    pub async fn fail_login(&self, login_id: &str, user: Option<&str>, reason: &str) {
+        let actor = user.map_or_else(|| "oidc".to_owned(), |u| format!("user:{u}"));
+        let reason = format!("sign-in refused: {reason}");
+        let (action, subject) = match self.inner.logins.refuse(login_id, &reason) {
+            Some(Refused::Join { hostname }) => ("admission", hostname),
+            Some(Refused::Reauth { node, .. }) => ("reauthentication", format!("node:{}", node.0)),
+            None => {
+                info!(%actor, %reason, "sign-in refused for a login that is no longer pending");
+                return;
+            }
+        };
+        info!(%actor, %subject, %reason, "sign-in refused");
+        self.audit(actor, action, subject, Decision::Deny, reason)
+            .await;
     }
 
     /// Where a login stands (`None`: unknown id).

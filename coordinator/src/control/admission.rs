@@ -3,7 +3,7 @@
 
 use super::core::{merged_posture, NodeState, Outbox, SessionHandle, OUTBOX};
 use super::deadlines::Kind;
-use super::login::{Identity, Purpose};
+use super::login::{Identity, JoinOutcome, Purpose};
 use super::{issue, now, ControlError, ControlPlane};
 use crate::identity::AuthMethod;
 use crate::store::{Decision, DeviceRecord, LoginMethod, NewDevice, StoreError};
@@ -31,7 +31,7 @@ pub(crate) enum LoginStep {
     Interactive {
         login_id: String,
         url: String,
-        wait: oneshot::Receiver<Identity>,
+        wait: oneshot::Receiver<JoinOutcome>,
     },
 }
 
@@ -112,6 +112,14 @@ impl ControlPlane {
         req: &LoginRequest,
     ) -> LoginStep {
         if let Err(reason) = check_hostname(&req.hostname) {
+            self.audit(
+                format!("machine:{mk}"),
+                "admission",
+                "invalid hostname".into(),
+                Decision::Deny,
+                reason.clone(),
+            )
+            .await;
             return LoginStep::Refused(vec![reason]);
         }
         let device = match self.blocking(move |s| s.device_by_machine_key(&mk)).await {
@@ -144,7 +152,11 @@ impl ControlPlane {
                     }
                 }
                 let (tx, rx) = oneshot::channel();
-                match self.inner.logins.start(Purpose::Join(tx), t) {
+                let purpose = Purpose::Join {
+                    tx,
+                    hostname: req.hostname.clone(),
+                };
+                match self.inner.logins.start(purpose, t) {
                     Some(id) => LoginStep::Interactive {
                         url: self.login_url(&id),
                         login_id: id,

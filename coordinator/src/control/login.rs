@@ -36,11 +36,24 @@ pub enum LoginError {
     WrongUser { expected: String },
 }
 
+/// What the device waiting to join learns: who logged in, or why the sign-in was refused.
+pub(crate) type JoinOutcome = Result<Identity, String>;
+
 /// What a completed login is for.
 pub(crate) enum Purpose {
     /// A device waiting on its control connection for its first admission.
-    Join(oneshot::Sender<Identity>),
+    Join {
+        tx: oneshot::Sender<JoinOutcome>,
+        hostname: String,
+    },
     /// An admitted device whose login session ran out.
+    Reauth { node: NodeId, user: String },
+}
+
+/// Whom a refused sign-in was for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Join { hostname: String },
     Reauth { node: NodeId, user: String },
 }
 
@@ -111,7 +124,7 @@ impl Logins {
             }
         }
         let purpose = entry.purpose.take().ok_or(LoginError::AlreadyCompleted)?;
-        if let Purpose::Join(tx) = &purpose {
+        if let Purpose::Join { tx, .. } = &purpose {
             if tx.is_closed() {
                 map.remove(id);
                 return Err(LoginError::DeviceGone);
@@ -127,9 +140,28 @@ impl Logins {
         Some(match (&e.completed_by, &e.purpose) {
             (Some(user), _) => LoginStatus::Completed { user: user.clone() },
             _ if e.expires_at <= now => LoginStatus::Expired,
-            (None, Some(Purpose::Join(tx))) if tx.is_closed() => LoginStatus::Expired,
+            (None, Some(Purpose::Join { tx, .. })) if tx.is_closed() => LoginStatus::Expired,
             _ => LoginStatus::Pending,
         })
+    }
+
+    /// A sign-in for login `id` was refused. A device waiting to join is told `reason` and the
+    /// login ends; a re-authentication stays open, so that its owner can try again.
+    pub(crate) fn refuse(&self, id: &str, reason: &str) -> Option<Refused> {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id)?.purpose.as_ref()? {
+            Purpose::Reauth { node, user } => Some(Refused::Reauth {
+                node: *node,
+                user: user.clone(),
+            }),
+            Purpose::Join { .. } => match map.remove(id)?.purpose? {
+                Purpose::Join { tx, hostname } => {
+                    let _ = tx.send(Err(reason.to_owned()));
+                    Some(Refused::Join { hostname })
+                }
+                Purpose::Reauth { .. } => None,
+            },
+        }
     }
 
     /// Forget a login (its device went away or it was answered).
@@ -160,12 +192,20 @@ mod tests {
         let l = Logins::default();
         let now = UnixMillis(1_000);
         let (tx, _rx) = oneshot::channel();
-        let id = l.start(Purpose::Join(tx), now).unwrap();
+        let id = l
+            .start(
+                Purpose::Join {
+                    tx,
+                    hostname: "laptop".into(),
+                },
+                now,
+            )
+            .unwrap();
         assert_eq!(id.len(), 43);
         assert_eq!(l.status(&id, now), Some(LoginStatus::Pending));
         assert!(matches!(
             l.complete(&id, &ident("a"), now),
-            Ok(Purpose::Join(_))
+            Ok(Purpose::Join { .. })
         ));
         assert_eq!(
             l.status(&id, now),
@@ -186,7 +226,15 @@ mod tests {
         let l = Logins::default();
         let now = UnixMillis(1_000);
         let (tx, rx) = oneshot::channel();
-        let id = l.start(Purpose::Join(tx), now).unwrap();
+        let id = l
+            .start(
+                Purpose::Join {
+                    tx,
+                    hostname: "laptop".into(),
+                },
+                now,
+            )
+            .unwrap();
         drop(rx);
         assert_eq!(l.status(&id, now), Some(LoginStatus::Expired));
         assert!(matches!(
@@ -194,12 +242,59 @@ mod tests {
             Err(LoginError::DeviceGone)
         ));
         let (tx, _rx) = oneshot::channel();
-        let id = l.start(Purpose::Join(tx), now).unwrap();
+        let id = l
+            .start(
+                Purpose::Join {
+                    tx,
+                    hostname: "laptop".into(),
+                },
+                now,
+            )
+            .unwrap();
         let later = now.saturating_add_ms(LOGIN_TTL_MS);
         assert!(matches!(
             l.complete(&id, &ident("a"), later),
             Err(LoginError::Expired)
         ));
+    }
+
+    #[test]
+    fn a_refused_join_tells_the_device_and_ends_a_refused_reauth_stays_open() {
+        let l = Logins::default();
+        let now = UnixMillis(1_000);
+        let (tx, mut rx) = oneshot::channel();
+        let id = l
+            .start(
+                Purpose::Join {
+                    tx,
+                    hostname: "laptop".into(),
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            l.refuse(&id, "no MFA"),
+            Some(Refused::Join {
+                hostname: "laptop".into()
+            })
+        );
+        assert_eq!(rx.try_recv().unwrap(), Err("no MFA".to_owned()));
+        assert_eq!(l.status(&id, now), None, "the login is over");
+        assert_eq!(l.refuse(&id, "again"), None);
+        let id = l
+            .start(
+                Purpose::Reauth {
+                    node: NodeId(3),
+                    user: "alice".into(),
+                },
+                now,
+            )
+            .unwrap();
+        assert!(matches!(
+            l.refuse(&id, "no MFA"),
+            Some(Refused::Reauth { .. })
+        ));
+        assert_eq!(l.status(&id, now), Some(LoginStatus::Pending), "may retry");
     }
 
     #[test]

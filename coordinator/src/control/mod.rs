@@ -28,7 +28,7 @@ pub use admin::DeviceSummary;
 pub use endpoint::QuicServer;
 pub use login::{Identity, LoginError, LoginStatus};
 
-use crate::identity::{LoginFuture, LoginRejected, LoginSink, RefreshToken};
+use crate::identity::{LoginFuture, LoginRejected, LoginSink, RefreshToken, RefusalFuture};
 use crate::store::{AuditEntry, Decision, Store, StoreError};
 use core::Core;
 use ed25519_dalek::SigningKey;
@@ -123,6 +123,15 @@ impl LoginSink for ControlPlane {
                 .await
                 .map_err(|e| LoginRejected(e.to_string()))
         })
+    }
+
+    fn fail_login<'a>(
+        &'a self,
+        login_id: &'a str,
+        user: Option<&'a str>,
+        reason: &'a str,
+    ) -> RefusalFuture<'a> {
+        Box::pin(ControlPlane::fail_login(self, login_id, user, reason))
     }
 }
 

@@ -5,7 +5,7 @@
 use super::admission::LoginStep;
 use super::core::Outbox;
 use super::frames::{FrameReader, ReadError};
-use super::login::Identity;
+use super::login::JoinOutcome;
 use super::{now, proof, ControlPlane};
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -115,7 +115,7 @@ enum State {
     /// The user is logging in in a browser.
     Pending {
         req: Box<LoginRequest>,
-        wait: oneshot::Receiver<Identity>,
+        wait: oneshot::Receiver<JoinOutcome>,
         login_id: String,
     },
     /// In the mesh; updates arrive on `rx`.
@@ -244,7 +244,7 @@ impl Session {
         mk: MachinePublicKey,
         reader: &mut FrameReader,
         req: Box<LoginRequest>,
-        mut wait: oneshot::Receiver<Identity>,
+        mut wait: oneshot::Receiver<JoinOutcome>,
         login_id: String,
     ) -> Result<State, End> {
         tokio::select! {
@@ -257,9 +257,13 @@ impl Session {
                 }
             }
             identity = &mut wait => match identity {
-                Ok(identity) => {
+                Ok(Ok(identity)) => {
                     let step = self.cp.finish_login(self.conn_id, mk, &req, identity).await;
                     self.step(step).await
+                }
+                Ok(Err(reason)) => {
+                    self.write(&ServerMsg::Refused { reasons: vec![reason] }).await?;
+                    Ok(State::AwaitLogin)
                 }
                 Err(_) => {
                     self.write(&ServerMsg::Refused { reasons: vec!["the login expired".into()] }).await?;

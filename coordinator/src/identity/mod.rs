@@ -82,6 +82,9 @@ pub struct LoginRejected(pub String);
 /// Future returned by [`LoginSink::complete_login`].
 pub type LoginFuture<'a> = Pin<Box<dyn Future<Output = Result<(), LoginRejected>> + Send + 'a>>;
 
+/// Future returned by [`LoginSink::fail_login`].
+pub type RefusalFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// Where a finished login goes: implemented by the control plane (`ControlPlane`).
 pub trait LoginSink: Send + Sync + 'static {
     /// Whether `login_id` names a login that waits for a user. Checked before sending the
@@ -93,6 +96,18 @@ pub trait LoginSink: Send + Sync + 'static {
 
     /// Attach `identity` to the device waiting on `login_id`.
     fn complete_login<'a>(&'a self, login_id: &'a str, identity: Identity) -> LoginFuture<'a>;
+
+    /// The sign-in for `login_id` was refused (by the IdP, or by the checks on its answer):
+    /// record it, and tell the device waiting on it why. `user` when the IdP named one.
+    fn fail_login<'a>(
+        &'a self,
+        login_id: &'a str,
+        user: Option<&'a str>,
+        reason: &'a str,
+    ) -> RefusalFuture<'a> {
+        let _ = (login_id, user, reason);
+        Box::pin(async {})
+    }
 }
 
 /// Adapts a closure into a [`LoginSink`] (tests, or wiring before the control plane exists).

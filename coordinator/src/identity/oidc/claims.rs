@@ -49,7 +49,10 @@ pub fn check_mfa(amr: &[String], cfg: &OidcConfig) -> Result<(), OidcError> {
     if amr.iter().any(|a| cfg.mfa_amr_values.contains(a)) {
         Ok(())
     } else {
-        Err(OidcError::MfaRequired { amr: amr.to_vec() })
+        Err(OidcError::MfaRequired {
+            amr: amr.to_vec(),
+            user: None,
+        })
     }
 }
 

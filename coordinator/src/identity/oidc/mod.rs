@@ -14,7 +14,7 @@ mod routes;
 pub use claims::{check_mfa, map_groups};
 pub use config::{OidcConfig, SecretString};
 pub use openidconnect::ClaimsVerificationError;
-pub use provider::{OidcProvider, VerifiedLogin};
+pub use provider::{CallbackError, OidcProvider, VerifiedLogin};
 pub use routes::router;
 
 /// Why an OIDC sign-in or re-verification failed.
@@ -50,7 +50,11 @@ pub enum OidcError {
         "multi-factor authentication is required: the identity provider reports only {amr:?}; \
          sign in with a second factor"
     )]
-    MfaRequired { amr: Vec<String> },
+    MfaRequired {
+        amr: Vec<String>,
+        /// The user the (otherwise valid) ID token names, for the audit log.
+        user: Option<String>,
+    },
     #[error("the identity provider says the email address is not verified")]
     EmailNotVerified,
     #[error("the ID token lacks the '{0}' claim")]
@@ -62,6 +66,14 @@ pub enum OidcError {
 }
 
 impl OidcError {
+    /// The user an otherwise valid ID token named, when the refusal came after it was read.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            OidcError::MfaRequired { user, .. } => user.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the fault lies with the user or the token (as opposed to reaching the IdP or
     /// our configuration). Re-verification should end a session only on a refusal and retry
     /// later otherwise, so that an IdP outage does not cut every OIDC user off.

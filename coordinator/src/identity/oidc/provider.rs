@@ -76,6 +76,16 @@ pub struct VerifiedLogin {
     pub identity: Identity,
 }
 
+/// A refused callback, with the pending login it belonged to when its state was valid (so
+/// that the waiting device can be told).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallbackError {
+    pub login_id: Option<String>,
+    #[source]
+    pub error: OidcError,
+}
+
 /// The IdP's keys are fetched again at most this often when a token names a key id we do
 /// not know (key rotation), so forged key ids cannot make us hammer the IdP.
 const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
@@ -308,27 +318,41 @@ impl OidcProvider {
         code: &str,
         state: &str,
         iss: Option<&str>,
-    ) -> Result<VerifiedLogin, OidcError> {
+    ) -> Result<VerifiedLogin, CallbackError> {
         // The state is consumed before anything else, so that a failed attempt cannot be
         // retried with the same state.
-        let pending = self.pending.take(state, Instant::now())?;
+        let pending = self
+            .pending
+            .take(state, Instant::now())
+            .map_err(|error| CallbackError {
+                login_id: None,
+                error,
+            })?;
+        let login_id = pending.login_id.clone();
+        let failed = |error| CallbackError {
+            login_id: Some(login_id.clone()),
+            error,
+        };
         if let Some(got) = iss {
             if got != self.issuer.as_str() {
-                return Err(OidcError::IssuerMismatch {
+                return Err(failed(OidcError::IssuerMismatch {
                     got: got.to_string(),
                     expected: self.issuer.to_string(),
-                });
+                }));
             }
         }
         let response = self
             .client()
             .exchange_code(AuthorizationCode::new(code.to_string()))
-            .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?
+            .map_err(|e| failed(OidcError::Config(format!("token endpoint: {e}"))))?
             .set_pkce_verifier(pending.pkce_verifier)
             .request_async(&self.http)
             .await
-            .map_err(token_error)?;
-        let identity = self.verify(&response, Some(&pending.nonce), None).await?;
+            .map_err(|e| failed(token_error(e)))?;
+        let identity = self
+            .verify(&response, Some(&pending.nonce), None)
+            .await
+            .map_err(failed)?;
         tracing::info!(
             login_id = %pending.login_id,
             user = %identity.user,
@@ -401,7 +425,6 @@ impl OidcProvider {
             .auth_method_refs()
             .map(|v| v.iter().map(|a| a.as_str().to_string()).collect())
             .unwrap_or_default();
-        check_mfa(&amr, &self.config)?;
         // Standard claims are parsed into typed fields; the user claim may be one of them
         // (email, preferred_username) or a custom one, so look at the standard ones first.
         let extra = &claims.additional_claims().claims;
@@ -424,6 +447,13 @@ impl OidcProvider {
             return Err(OidcError::EmailNotVerified);
         }
         let user = user_name(&lookup, &self.config)?;
+        check_mfa(&amr, &self.config).map_err(|e| match e {
+            OidcError::MfaRequired { amr, .. } => OidcError::MfaRequired {
+                amr,
+                user: Some(user.clone()),
+            },
+            other => other,
+        })?;
         let groups = map_groups(lookup.get(&self.config.groups_claim), &self.config);
         Ok(Identity {
             user,

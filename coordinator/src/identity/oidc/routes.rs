@@ -65,10 +65,14 @@ async fn callback(State(st): State<RouteState>, Query(q): Query<CallbackParams>)
             None => error.to_string(),
         };
         tracing::warn!(?login_id, error = %text, "OIDC sign-in refused by the identity provider");
-        return error_page(&OidcError::Provider(text));
+        let err = OidcError::Provider(text);
+        refused(&st, login_id.as_deref(), &err).await;
+        return error_page(&err);
     }
     let Some(code) = q.code.as_deref() else {
-        st.provider.abandon(state);
+        let login_id = st.provider.abandon(state);
+        let err = OidcError::BadResponse("the authorization response has no code".into());
+        refused(&st, login_id.as_deref(), &err).await;
         return page(
             StatusCode::BAD_REQUEST,
             "Sign-in failed",
@@ -79,7 +83,8 @@ async fn callback(State(st): State<RouteState>, Query(q): Query<CallbackParams>)
         Ok(v) => v,
         Err(err) => {
             tracing::warn!(error = %err, "OIDC sign-in refused");
-            return error_page(&err);
+            refused(&st, err.login_id.as_deref(), &err.error).await;
+            return error_page(&err.error);
         }
     };
     let user = verified.identity.user.clone();
@@ -101,6 +106,14 @@ async fn callback(State(st): State<RouteState>, Query(q): Query<CallbackParams>)
                 &format!("Signed in as {user}, but the device was not admitted: {rejected}"),
             )
         }
+    }
+}
+
+/// Hand a refusal to the control plane (audit, and the waiting device is told). Without a
+/// pending login (unknown or replayed state) there is no device to tell: only the log says it.
+async fn refused(st: &RouteState, login_id: Option<&str>, err: &OidcError) {
+    if let Some(id) = login_id {
+        st.sink.fail_login(id, err.user(), &err.to_string()).await;
     }
 }
 
