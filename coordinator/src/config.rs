@@ -1,6 +1,10 @@
 //! Configuration of `serve`: every field is a flag, a `ZTMESH_*` environment variable (clap
 //! `env`) and a key of the TOML file given with `--config`. Flags and variables win over the
-//! file; the file wins over the defaults.
+//! file; the file wins over the defaults. The `[oidc]` table's flags are in [`oidc`].
+
+mod oidc;
+
+pub use oidc::OidcArgs;
 
 use crate::identity::oidc::OidcConfig;
 use serde::Deserialize;
@@ -52,6 +56,8 @@ pub struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "ZTMESH_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub oidc: OidcArgs,
 }
 
 /// The TOML file. Unknown keys are errors, so a typo does not silently fall back to a default.
@@ -229,6 +235,7 @@ impl Config {
                 ))
             }
         };
+        let oidc = args.oidc.merge(file.oidc, &http_base_url)?;
         Ok(Config {
             data_dir,
             http_tls,
@@ -240,7 +247,7 @@ impl Config {
             http_mode,
             initial_policy: args.policy.clone().or(file.policy),
             log_json: args.log_json || file.log_json,
-            oidc: file.oidc,
+            oidc,
         })
     }
 }

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the coordinator (QUIC control endpoint + HTTP admin API and login pages).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the join URL of a data directory again.
     JoinUrl {
         #[arg(long, env = "ZTMESH_DATA_DIR")]
@@ -165,7 +165,7 @@ fn serve_cmd(args: ServeArgs) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (api, cmd) = match cli.cmd {
-        Cmd::Serve(args) => return serve_cmd(args),
+        Cmd::Serve(args) => return serve_cmd(*args),
         Cmd::JoinUrl { data_dir } => {
             return match bootstrap::stored_join_url(&data_dir) {
                 Ok(url) => {

@@ -125,3 +125,59 @@ async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
     let tail = srv.ok(&["audit", "tail", "-n", "100"]);
     assert!(tail.contains("alice@example.test"), "{tail}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_variables_and_flags_override_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
+    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    // The file names an issuer nobody answers at and a client the IdP does not know: serve
+    // could not even start with it.
+    let config = write(
+        tmp.path(),
+        "coordinator.toml",
+        &format!(
+            "http_listen = \"127.0.0.1:{port}\"\nhttp_plain_loopback = true\n\
+             control_listen = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1:7443\"\npolicy = {policy:?}\n\
+             [oidc]\nissuer = \"http://127.0.0.1:9/nobody\"\nclient_id = \"unknown-client\"\n\
+             redirect_base = \"{base}\"\nallow_http_issuer = true\n"
+        ),
+    );
+    let srv = Server::start_env(
+        &dir,
+        &[
+            "--config".into(),
+            config.to_string_lossy().into(),
+            // The flag wins over the variable below, and both over the file's default.
+            "--oidc-require-mfa=false".into(),
+        ],
+        &[
+            ("ZTMESH_OIDC_ISSUER", idp.issuer.as_str()),
+            ("ZTMESH_OIDC_CLIENT_ID", "ztmesh"),
+            ("ZTMESH_OIDC_REQUIRE_MFA", "true"),
+        ],
+    )
+    .await;
+    // bob has a password only: admitted, because MFA is off by the flag.
+    let (mut dev, login_id) = interactive(&srv, "bob-laptop").await;
+    let page = sign_in(&base, &login_id, "bob", "bob-pw", "", false)
+        .await
+        .expect("not stopped");
+    assert_eq!(page.status, 200, "{page:?}");
+    loop {
+        match dev.recv().await.unwrap() {
+            ServerMsg::Credential(_) => break,
+            ServerMsg::LoginUrl { .. } => continue,
+            other => panic!("expected a credential, got {other:?}"),
+        }
+    }
+    let shown = srv.json(&["devices", "show", "bob-laptop"]);
+    assert_eq!(shown["summary"]["user"], "bob@example.test", "{shown}");
+}

@@ -49,6 +49,11 @@ impl Server {
 
     /// `serve --data-dir DIR ARGS...`; returns once `/healthz` answers.
     pub async fn start_args(dir: &Path, args: &[String]) -> Server {
+        Self::start_env(dir, args, &[]).await
+    }
+
+    /// [`Server::start_args`] with these environment variables set.
+    pub async fn start_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Server {
         let _ = std::fs::remove_file(dir.join("http-url"));
         let _ = std::fs::remove_file(dir.join("control-addr"));
         let log = std::fs::OpenOptions::new()
@@ -62,6 +67,7 @@ impl Server {
             .args(args)
             .env("NO_COLOR", "1")
             .env("ZTMESH_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         let mut child = cmd.spawn().unwrap();
