@@ -405,3 +405,81 @@ async fn posture_is_reported_when_due_not_at_the_next_probe() {
         assert!(attrs.contains_key(attr::CLIENT_VERSION));
     }
 }
+
+#[tokio::test]
+async fn a_refused_renewal_keeps_the_credential_and_is_not_retried_at_once() {
+    let mut server = start_server();
+    let client = start_client(&server.join_url(), Some("tskey-preauth-1"));
+    let reply = hello(&mut server).await;
+    let (_, login) = server
+        .next_msg(5, |m| matches!(m, ClientMsg::Login(_)))
+        .await;
+    let ClientMsg::Login(login) = login else {
+        unreachable!()
+    };
+    let cred = credential(
+        &server.signing,
+        2,
+        "laptop",
+        client.machine,
+        login.wg_public_key,
+        1,
+        60_000,
+    );
+    reply
+        .send(ServerMsg::Credential(CredentialGrant {
+            node_id: ztmesh_common::ids::NodeId(2),
+            credential: cred,
+            renew_at: control_support::now().saturating_add_ms(300),
+            posture_report_interval_ms: 60_000,
+        }))
+        .await
+        .unwrap();
+    reply
+        .send(ServerMsg::NetMap(NetMap {
+            version: 1,
+            peers: vec![],
+            filter: vec![],
+        }))
+        .await
+        .unwrap();
+    server
+        .next_msg(5, |m| matches!(m, ClientMsg::Renew(_)))
+        .await;
+    reply
+        .send(ServerMsg::Refused {
+            reasons: vec!["renewal refused: a renewal must bring a new WireGuard key".into()],
+        })
+        .await
+        .unwrap();
+    // The client shows the refusal, keeps its data plane, and neither renews nor reconnects
+    // in a loop (it backs off for at least 30 s).
+    wait_for("the refusal shown", || {
+        client
+            .shared
+            .lock()
+            .refused
+            .iter()
+            .any(|r| r.contains("new WireGuard key"))
+    })
+    .await;
+    let quiet = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match server.seen.recv().await {
+                Some(Seen::Hello { .. }) => return "a new connection",
+                Some(Seen::Msg {
+                    msg: ClientMsg::Renew(_),
+                    ..
+                }) => return "another Renew",
+                Some(_) => continue,
+                None => return "server gone",
+            }
+        }
+    })
+    .await;
+    assert!(
+        quiet.is_err(),
+        "after the refusal the client sent {quiet:?}"
+    );
+    assert!(!client.plane.calls().contains(&PlaneCall::Clear));
+}

@@ -353,3 +353,86 @@ async fn a_device_silent_past_its_posture_interval_is_revoked_and_peers_told() {
         .unwrap();
     expect_credential(&mut b.client, &b.welcome).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_keeps_the_wireguard_key_is_refused_and_the_credential_stays() {
+    let h = Harness::start(&policy("1h", "")).await;
+    let (mut a, mut b) = pair(&h).await;
+    b.client
+        .send(&ClientMsg::Renew(RenewRequest {
+            wg_public_key: b.credential.wg_public_key,
+            posture: fw(),
+        }))
+        .await
+        .unwrap();
+    match b.client.recv().await.unwrap() {
+        ServerMsg::Refused { reasons } => {
+            assert!(reasons[0].contains("new WireGuard key"), "{reasons:?}")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    // Nothing changed for the peer, and b is still in the mesh on its current credential.
+    assert!(a
+        .client
+        .recv_within(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    let devs = h.cp.devices().await.unwrap();
+    let b_row = devs.iter().find(|d| d.id == b.node).unwrap();
+    assert!(b_row.admitted);
+    assert_eq!(b_row.credential_expires_at, Some(b.credential.expires_at));
+    assert!(h
+        .store
+        .audit_records()
+        .unwrap()
+        .iter()
+        .any(|r| r.action == "renewal"
+            && r.decision == Decision::Deny
+            && r.reason.contains("new WireGuard key")));
+    // A renewal with a new key goes through on the same connection.
+    let new_key = WgPublicKey(rand::random());
+    b.client
+        .send(&ClientMsg::Renew(RenewRequest {
+            wg_public_key: new_key,
+            posture: fw(),
+        }))
+        .await
+        .unwrap();
+    let (_, cred) = expect_credential(&mut b.client, &b.welcome).await;
+    assert_eq!(cred.wg_public_key, new_key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_from_a_device_no_longer_in_the_mesh_is_answered() {
+    let h = Harness::start(&policy("2s", "")).await;
+    let mut b = h.join("b-1", &h.preauth(&["tag:b"], false), fw()).await;
+    match b.client.recv_within(Duration::from_secs(4)).await.unwrap() {
+        Some(ServerMsg::Revoked { reason }) => assert!(reason.contains("expired"), "{reason}"),
+        other => panic!("expected the expiry, got {other:?}"),
+    }
+    // A renewal that was on its way when the credential ended.
+    b.client
+        .send(&ClientMsg::Renew(RenewRequest {
+            wg_public_key: WgPublicKey(rand::random()),
+            posture: fw(),
+        }))
+        .await
+        .unwrap();
+    match b.client.recv().await.unwrap() {
+        ServerMsg::Revoked { reason } => {
+            assert!(reason.contains("no longer in the mesh"), "{reason}")
+        }
+        other => panic!("expected Revoked, got {other:?}"),
+    }
+    // The connection still serves it: the enrolled device logs in again.
+    b.client
+        .send(&ClientMsg::Login(login_request(
+            "b-1",
+            LoginAuth::AuthKey("unused: the device is enrolled".into()),
+            fw(),
+        )))
+        .await
+        .unwrap();
+    expect_credential(&mut b.client, &b.welcome).await;
+}

@@ -35,6 +35,27 @@ pub(crate) enum LoginStep {
     },
 }
 
+/// How a `Renew` was answered.
+pub(crate) enum RenewOutcome {
+    /// On the session's queue: a credential, `Revoked` or `ReauthRequired` (or, after a store
+    /// failure, nothing: the client asks again).
+    Queued,
+    /// Refused; the current credential stays valid until it expires.
+    Refused(Vec<String>),
+    /// The node is no longer in the mesh (revoked, expired, logged out).
+    NotInMesh(String),
+    /// A newer connection of the same device serves it now.
+    Replaced,
+}
+
+/// Why a `Renew` that keeps the WireGuard key is refused.
+const SAME_KEY: &str = "renewal refused: a renewal must bring a new WireGuard key (rotating the \
+                        key is its point); the current credential stays valid until it expires";
+
+/// What a device that is no longer in the mesh is told when it asks for something.
+pub(crate) const NOT_IN_MESH: &str =
+    "this device is no longer in the mesh (revoked, expired or logged out); log in again";
+
 /// Who owns a device, as set by the login that is admitting it.
 struct Owner {
     user: Option<String>,
@@ -520,29 +541,42 @@ impl ControlPlane {
     }
 
     /// `Renew`: fresh posture and a new WireGuard key -> a new credential, peers get the upsert.
-    pub(crate) async fn renew(&self, id: NodeId, conn: u64, req: RenewRequest) {
+    /// Answers that do not go through the session's queue are returned.
+    pub(crate) async fn renew(&self, id: NodeId, conn: u64, req: RenewRequest) -> RenewOutcome {
         let t = now();
         let snapshot = {
             let core = self.core();
+            let Some(st) = core.nodes.get(&id) else {
+                return RenewOutcome::NotInMesh(NOT_IN_MESH.into());
+            };
             if !core.is_current(id, conn) {
-                return;
+                return RenewOutcome::Replaced;
             }
-            core.nodes.get(&id).map(|st| {
-                (
-                    st.user.clone(),
-                    st.method,
-                    st.login_expires_at,
-                    merged_posture(&device_reported(&req.posture), &st.custom),
-                    st.inventory(id),
-                )
-            })
+            (
+                st.user.clone(),
+                st.method,
+                st.login_expires_at,
+                merged_posture(&device_reported(&req.posture), &st.custom),
+                st.inventory(id),
+                st.credential.wg_public_key == req.wg_public_key,
+                st.hostname.clone(),
+            )
         };
-        let Some((user, method, login_expires_at, posture, mut inventory)) = snapshot else {
-            return;
-        };
+        let (user, method, login_expires_at, posture, mut inventory, same_key, hostname) = snapshot;
+        if same_key {
+            self.audit(
+                node_subject(id),
+                "renewal",
+                hostname,
+                Decision::Deny,
+                SAME_KEY.into(),
+            )
+            .await;
+            return RenewOutcome::Refused(vec![SAME_KEY.into()]);
+        }
         if user.is_some() && login_expires_at.is_none_or(|e| e <= t) {
             self.require_reauth(id).await;
-            return;
+            return RenewOutcome::Queued;
         }
         if let (Some(u), Some(LoginMethod::LocalTotp)) = (&user, method) {
             let u = u.clone();
@@ -550,7 +584,7 @@ impl ControlPlane {
                 if rec.disabled {
                     self.revoke(id, "system", "user account disabled".into(), false)
                         .await;
-                    return;
+                    return RenewOutcome::Queued;
                 }
             }
         }
@@ -558,13 +592,14 @@ impl ControlPlane {
         let policy = self.policy();
         if let Err(reasons) = policy.check_admission(&inventory) {
             self.revoke_for_posture(id, reasons).await;
-            return;
+            return RenewOutcome::Queued;
         }
         let serial = match self.blocking(|s| s.next_serial()).await {
             Ok(Ok(n)) => n,
             other => {
+                // The client sends `Renew` again when no credential comes.
                 warn!(node = %id, ?other, "renewal failed: no serial");
-                return;
+                return RenewOutcome::Queued;
             }
         };
         let reported = device_reported(&req.posture);
@@ -572,7 +607,8 @@ impl ControlPlane {
             let mut core = self.core();
             let lifetimes = core.policy.lifetimes();
             let Some(st) = core.nodes.get_mut(&id) else {
-                return;
+                // Revoked meanwhile: the `Revoked` is on the session's queue.
+                return RenewOutcome::Queued;
             };
             st.reported = reported.clone();
             st.posture_at = t;
@@ -635,6 +671,7 @@ impl ControlPlane {
         )
         .await;
         info!(node = %id, serial, "credential renewed");
+        RenewOutcome::Queued
     }
 
     /// `PostureReport`: re-evaluate; a failing node is revoked with the reasons.

@@ -2,7 +2,7 @@
 //! state machine and the forwarding of queued updates. Any protocol violation ends the
 //! connection with a logged reason; every connection ends with exactly one log line.
 
-use super::admission::LoginStep;
+use super::admission::{LoginStep, RenewOutcome, NOT_IN_MESH};
 use super::core::Outbox;
 use super::frames::{FrameReader, ReadError};
 use super::login::JoinOutcome;
@@ -82,6 +82,7 @@ pub(super) async fn run(
         cp,
         conn_id,
         node: None,
+        was_admitted: false,
         conn: None,
         send: None,
     };
@@ -128,6 +129,8 @@ struct Session {
     cp: ControlPlane,
     conn_id: u64,
     node: Option<NodeId>,
+    /// Whether a login on this connection was admitted (the device may since have left).
+    was_admitted: bool,
     conn: Option<quinn::Connection>,
     send: Option<quinn::SendStream>,
 }
@@ -230,6 +233,15 @@ impl Session {
         match reader.next().await? {
             ClientMsg::Login(req) => self.login(mk, req).await,
             ClientMsg::Logout => Ok(State::Done),
+            // Its access ended on this connection (revoked, expired) while a renewal was on
+            // the way: an answer, not a protocol violation.
+            ClientMsg::Renew(_) if self.was_admitted => {
+                self.write(&ServerMsg::Revoked {
+                    reason: NOT_IN_MESH.into(),
+                })
+                .await?;
+                Ok(State::AwaitLogin)
+            }
             other => Err(End::Protocol(format!(
                 "{} before a successful Login",
                 msg_name(&other)
@@ -301,7 +313,18 @@ impl Session {
                     None => return Err(End::Replaced),
                 },
                 msg = reader.next() => match msg? {
-                    ClientMsg::Renew(r) => Box::pin(self.cp.renew(node, self.conn_id, r)).await,
+                    ClientMsg::Renew(r) => match Box::pin(self.cp.renew(node, self.conn_id, r)).await {
+                        RenewOutcome::Queued => {}
+                        RenewOutcome::Refused(reasons) => {
+                            self.write(&ServerMsg::Refused { reasons }).await?
+                        }
+                        RenewOutcome::NotInMesh(reason) => {
+                            self.write(&ServerMsg::Revoked { reason }).await?;
+                            self.node = None;
+                            return Ok(State::AwaitLogin);
+                        }
+                        RenewOutcome::Replaced => return Err(End::Replaced),
+                    },
                     ClientMsg::PostureReport(p) => Box::pin(self.cp.posture_report(node, self.conn_id, p)).await,
                     ClientMsg::Endpoints(e) => self.cp.endpoints(node, self.conn_id, e),
                     ClientMsg::FlowLog(events) => self.cp.record_flows(node, events),
@@ -347,6 +370,7 @@ impl Session {
             }
             LoginStep::Admitted { node, rx } => {
                 self.node = Some(node);
+                self.was_admitted = true;
                 Ok(State::Admitted { node, rx })
             }
             LoginStep::Interactive { .. } => Err(End::Protocol(
