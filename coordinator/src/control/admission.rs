@@ -14,7 +14,7 @@ use ztmesh_common::addr::overlay_addrs;
 use ztmesh_common::ids::{MachinePublicKey, NodeId};
 use ztmesh_common::posture::{attr, PostureAttrs};
 use ztmesh_common::time::UnixMillis;
-use ztmesh_common::wire::{CredentialGrant, LoginAuth, LoginRequest, RenewRequest, ServerMsg};
+use ztmesh_common::wire::{LoginAuth, LoginRequest, RenewRequest, ServerMsg};
 
 /// At most this many endpoints per node are kept and passed on.
 const MAX_ENDPOINTS: usize = 16;
@@ -372,7 +372,7 @@ impl ControlPlane {
             addresses: vec![v4.into(), v6.into()],
             reported: reported.clone(),
             custom: dev.custom_attrs.clone(),
-            // Placeholders until the credential is issued below.
+            // A placeholder until the credential is issued below, once the policy says yes.
             credential: issue::build(
                 &issue::Subject {
                     node_id: id,
@@ -399,7 +399,7 @@ impl ControlPlane {
             subject: owner.subject.clone(),
             reauth_url: None,
             posture_at: t,
-            // Set from the lifetimes of the grant in `go_live`.
+            // Set from the lifetimes of its grant (`Core::grant`).
             posture_interval: policy.lifetimes().posture_report,
         };
         let inventory = state.inventory(id);
@@ -417,8 +417,8 @@ impl ControlPlane {
             Err(_) => 0,
         };
         if verdict.is_ok() {
-            state.credential.serial = serial;
-            state.signed = state.credential.sign(&self.inner.key);
+            let lifetime = policy.lifetimes().credential;
+            state.issue(id, req.wg_public_key, t, lifetime, serial, &self.inner.key);
         }
         // One durable write: ownership, posture outcome, credential.
         let failures = verdict.clone().err().unwrap_or_default();
@@ -487,45 +487,26 @@ impl ControlPlane {
         &self,
         conn: u64,
         id: NodeId,
-        mut state: NodeState,
+        state: NodeState,
         checked_with: &Arc<ztmesh_common::policy::Policy>,
     ) -> Result<Outbox, Vec<String>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
-        let mut wake = false;
-        {
+        let wake = {
             let mut core = self.core();
             // The policy may have been swapped while the store was written.
             if !Arc::ptr_eq(&core.policy, checked_with) {
                 core.policy.check_admission(&state.inventory(id))?;
             }
-            let lifetimes = core.policy.lifetimes();
-            state.posture_interval = lifetimes.posture_report;
-            let grant = CredentialGrant {
-                node_id: id,
-                credential: state.signed.clone(),
-                renew_at: issue::renew_at(state.credential.issued_at, state.credential.expires_at),
-                posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
-            };
             // A newer connection of the same device replaces the older one.
             core.drop_session(id);
-            let pushes = core.mesh.upsert(
-                state.inventory(id),
-                state.signed.clone(),
-                Some(state.endpoints.clone()),
-            );
-            core.push_all(pushes);
-            core.sessions.insert(id, SessionHandle { conn, tx });
-            let map = core.mesh.subscribe(id).unwrap_or_default();
-            core.send(id, ServerMsg::Credential(grant));
-            core.send(id, ServerMsg::NetMap(map));
-            wake |= core.set_deadline(id, Kind::CredentialExpiry, state.credential.expires_at);
-            wake |= core.set_deadline(id, Kind::PostureDue, state.posture_due());
-            match state.login_expires_at {
-                Some(at) => wake |= core.set_deadline(id, Kind::LoginExpiry, at),
-                None => core.deadlines.clear(id, Kind::LoginExpiry),
-            }
+            let endpoints = state.endpoints.clone();
             core.nodes.insert(id, state);
-        }
+            core.sessions.insert(id, SessionHandle { conn, tx });
+            let wake = core.grant(id, Some(endpoints));
+            let map = core.mesh.subscribe(id).unwrap_or_default();
+            core.send(id, ServerMsg::NetMap(map));
+            wake
+        };
         if wake {
             self.wake_sweeper();
         }
@@ -605,46 +586,16 @@ impl ControlPlane {
         let reported = device_reported(&req.posture);
         let (cred, signed, wake) = {
             let mut core = self.core();
-            let lifetimes = core.policy.lifetimes();
+            let lifetime = core.policy.lifetimes().credential;
             let Some(st) = core.nodes.get_mut(&id) else {
                 // Revoked meanwhile: the `Revoked` is on the session's queue.
                 return RenewOutcome::Queued;
             };
             st.reported = reported.clone();
             st.posture_at = t;
-            st.posture_interval = lifetimes.posture_report;
-            let posture_due = st.posture_due();
-            let cred = issue::build(
-                &issue::Subject {
-                    node_id: id,
-                    hostname: &st.hostname,
-                    user: st.user.as_deref(),
-                    tags: &st.tags,
-                    machine_key: st.machine_key,
-                    wg_public_key: req.wg_public_key,
-                    addresses: &st.addresses,
-                    posture: &st.reported,
-                },
-                t,
-                lifetimes.credential,
-                serial,
-            );
-            st.signed = cred.sign(&self.inner.key);
-            st.credential = cred.clone();
-            let inv = st.inventory(id);
-            let signed = st.signed.clone();
-            let grant = CredentialGrant {
-                node_id: id,
-                credential: signed.clone(),
-                renew_at: issue::renew_at(cred.issued_at, cred.expires_at),
-                posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
-            };
-            let pushes = core.mesh.upsert(inv, signed.clone(), None);
-            core.push_all(pushes);
-            core.send(id, ServerMsg::Credential(grant));
-            let mut wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
-            wake |= core.set_deadline(id, Kind::PostureDue, posture_due);
-            (cred, signed, wake)
+            st.issue(id, req.wg_public_key, t, lifetime, serial, &self.inner.key);
+            let (cred, signed) = (st.credential.clone(), st.signed.clone());
+            (cred, signed, core.grant(id, None))
         };
         if wake {
             self.wake_sweeper();
@@ -777,6 +728,11 @@ impl ControlPlane {
 
     async fn revoke_for_posture(&self, id: NodeId, reasons: Vec<String>) {
         let reason = format!("posture check failed: {}", reasons.join("; "));
+        self.revoke_posture(id, reason, reasons).await;
+    }
+
+    /// Revoke a node whose posture fails (or is unknown) and record the failures on the device.
+    pub(crate) async fn revoke_posture(&self, id: NodeId, reason: String, reasons: Vec<String>) {
         self.revoke(id, "system", reason, false).await;
         let _ = self
             .blocking(move |s| {
@@ -856,7 +812,7 @@ impl ControlPlane {
         };
         let (signed, expires, wake) = {
             let mut core = self.core();
-            let lifetimes = core.policy.lifetimes();
+            let lifetime = core.policy.lifetimes().credential;
             let Some(st) = core.nodes.get_mut(&id) else {
                 return;
             };
@@ -871,39 +827,10 @@ impl ControlPlane {
             if identity.subject.is_some() {
                 st.subject = identity.subject.clone();
             }
-            st.posture_interval = lifetimes.posture_report;
-            let posture_due = st.posture_due();
-            let cred = issue::build(
-                &issue::Subject {
-                    node_id: id,
-                    hostname: &st.hostname,
-                    user: st.user.as_deref(),
-                    tags: &st.tags,
-                    machine_key: st.machine_key,
-                    wg_public_key: st.credential.wg_public_key,
-                    addresses: &st.addresses,
-                    posture: &st.reported,
-                },
-                t,
-                lifetimes.credential,
-                serial,
-            );
-            st.signed = cred.sign(&self.inner.key);
-            st.credential = cred.clone();
-            let (inv, signed) = (st.inventory(id), st.signed.clone());
-            let grant = CredentialGrant {
-                node_id: id,
-                credential: signed.clone(),
-                renew_at: issue::renew_at(cred.issued_at, cred.expires_at),
-                posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
-            };
-            let pushes = core.mesh.upsert(inv, signed.clone(), None);
-            core.push_all(pushes);
-            core.send(id, ServerMsg::Credential(grant));
-            let mut wake = core.set_deadline(id, Kind::CredentialExpiry, cred.expires_at);
-            wake |= core.set_deadline(id, Kind::LoginExpiry, until);
-            wake |= core.set_deadline(id, Kind::PostureDue, posture_due);
-            (signed, cred.expires_at, wake)
+            let wg = st.credential.wg_public_key;
+            st.issue(id, wg, t, lifetime, serial, &self.inner.key);
+            let (signed, expires) = (st.signed.clone(), st.credential.expires_at);
+            (signed, expires, core.grant(id, None))
         };
         if wake {
             self.wake_sweeper();

@@ -3,8 +3,10 @@
 //! the lock is held, so each session sees its credential, full view and deltas in order.
 
 use super::deadlines::{self, Deadlines, Kind};
+use super::issue;
 use super::mesh::{Mesh, Push};
 use crate::store::LoginMethod;
+use ed25519_dalek::SigningKey;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use ztmesh_common::credential::{NodeCredential, SignedCredential};
-use ztmesh_common::ids::{MachinePublicKey, NodeId};
+use ztmesh_common::ids::{MachinePublicKey, NodeId, WgPublicKey};
 use ztmesh_common::policy::{InventoryNode, Policy};
 use ztmesh_common::posture::{attr, PostureAttrs};
 use ztmesh_common::time::UnixMillis;
-use ztmesh_common::wire::ServerMsg;
+use ztmesh_common::wire::{CredentialGrant, ServerMsg};
 
 /// Messages queued per session before it counts as too slow and is disconnected (it then
 /// reconnects and gets a fresh full view).
@@ -57,6 +59,36 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Issue it a new credential for `wg_public_key`, from `now` for `lifetime`, signed with
+    /// the coordinator's `key`. It is in force once [`Core::grant`] has run.
+    pub fn issue(
+        &mut self,
+        id: NodeId,
+        wg_public_key: WgPublicKey,
+        now: UnixMillis,
+        lifetime: Duration,
+        serial: u64,
+        key: &SigningKey,
+    ) {
+        let cred = issue::build(
+            &issue::Subject {
+                node_id: id,
+                hostname: &self.hostname,
+                user: self.user.as_deref(),
+                tags: &self.tags,
+                machine_key: self.machine_key,
+                wg_public_key,
+                addresses: &self.addresses,
+                posture: &self.reported,
+            },
+            now,
+            lifetime,
+            serial,
+        );
+        self.signed = cred.sign(key);
+        self.credential = cred;
+    }
+
     /// When its next posture report is overdue.
     pub fn posture_due(&self) -> UnixMillis {
         deadlines::posture_deadline(self.posture_at, self.posture_interval)
@@ -165,6 +197,39 @@ impl Core {
             self.drop_session(id);
         }
         state
+    }
+
+    /// Put the credential just issued to admitted node `id` in force: its peers get the
+    /// upsert, the node its grant (with the posture report interval in force, which it is held
+    /// to from now on), and its timers move. `endpoints: None` keeps the ones peers know.
+    /// Returns whether the sweeper must wake up.
+    pub fn grant(&mut self, id: NodeId, endpoints: Option<Vec<SocketAddr>>) -> bool {
+        let lifetimes = self.policy.lifetimes();
+        let Some(st) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        st.posture_interval = lifetimes.posture_report;
+        let cred = &st.credential;
+        let grant = CredentialGrant {
+            node_id: id,
+            credential: st.signed.clone(),
+            renew_at: issue::renew_at(cred.issued_at, cred.expires_at),
+            posture_report_interval_ms: lifetimes.posture_report.as_millis() as u64,
+        };
+        let (expires, posture_due, login_ends) =
+            (cred.expires_at, st.posture_due(), st.login_expires_at);
+        let pushes = self
+            .mesh
+            .upsert(st.inventory(id), st.signed.clone(), endpoints);
+        self.push_all(pushes);
+        self.send(id, ServerMsg::Credential(grant));
+        let mut wake = self.set_deadline(id, Kind::CredentialExpiry, expires);
+        wake |= self.set_deadline(id, Kind::PostureDue, posture_due);
+        match login_ends {
+            Some(at) => wake |= self.set_deadline(id, Kind::LoginExpiry, at),
+            None => self.deadlines.clear(id, Kind::LoginExpiry),
+        }
+        wake
     }
 
     /// Set a timer; returns whether the sweeper must wake up because it is now the earliest.

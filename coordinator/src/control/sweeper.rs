@@ -107,15 +107,7 @@ impl ControlPlane {
             )
         };
         warn!(node = %id, reason = %reason, "posture report overdue");
-        self.revoke(id, "system", reason.clone(), false).await;
-        let _ = self
-            .blocking(move |s| {
-                s.update_device(id, &mut |d| {
-                    d.posture_ok = Some(false);
-                    d.posture_failures = vec![reason.clone()];
-                })
-            })
-            .await;
+        self.revoke_posture(id, reason.clone(), vec![reason]).await;
     }
 
     /// A user device's login session ended.
