@@ -359,16 +359,15 @@ async fn interactive_login_url_refusal_and_logout() {
     assert_eq!(end, SessionEnd::LoggedOut);
 }
 
-#[tokio::test]
-async fn posture_is_reported_when_due_not_at_the_next_probe() {
-    let mut server = start_server();
-    // Probes run once a minute; the coordinator wants a report every second.
-    let client = start_client_probing(
-        &server.join_url(),
-        Some("tskey-preauth-1"),
-        Duration::from_secs(60),
-    );
-    let reply = hello(&mut server).await;
+/// Take the client's login and grant it a one-minute credential, to renew in `renew_in_ms`
+/// and to report posture every `report_ms`; returns the channel to the client.
+async fn grant_after_login(
+    server: &mut control_support::TestServer,
+    client: &Client,
+    renew_in_ms: u64,
+    report_ms: u64,
+) -> mpsc::Sender<ServerMsg> {
+    let reply = hello(server).await;
     let (_, login) = server
         .next_msg(5, |m| matches!(m, ClientMsg::Login(_)))
         .await;
@@ -388,11 +387,24 @@ async fn posture_is_reported_when_due_not_at_the_next_probe() {
         .send(ServerMsg::Credential(CredentialGrant {
             node_id: ztmesh_common::ids::NodeId(2),
             credential: cred,
-            renew_at: control_support::now().saturating_add_ms(50_000),
-            posture_report_interval_ms: 1_000,
+            renew_at: control_support::now().saturating_add_ms(renew_in_ms),
+            posture_report_interval_ms: report_ms,
         }))
         .await
         .unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn posture_is_reported_when_due_not_at_the_next_probe() {
+    let mut server = start_server();
+    // Probes run once a minute; the coordinator wants a report every second.
+    let client = start_client_probing(
+        &server.join_url(),
+        Some("tskey-preauth-1"),
+        Duration::from_secs(60),
+    );
+    let _reply = grant_after_login(&mut server, &client, 50_000, 1_000).await;
     // The coordinator takes a device out once a report is 2 s late: two reports must come
     // long before the first probe tick.
     for _ in 0..2 {
@@ -410,31 +422,7 @@ async fn posture_is_reported_when_due_not_at_the_next_probe() {
 async fn a_refused_renewal_keeps_the_credential_and_is_not_retried_at_once() {
     let mut server = start_server();
     let client = start_client(&server.join_url(), Some("tskey-preauth-1"));
-    let reply = hello(&mut server).await;
-    let (_, login) = server
-        .next_msg(5, |m| matches!(m, ClientMsg::Login(_)))
-        .await;
-    let ClientMsg::Login(login) = login else {
-        unreachable!()
-    };
-    let cred = credential(
-        &server.signing,
-        2,
-        "laptop",
-        client.machine,
-        login.wg_public_key,
-        1,
-        60_000,
-    );
-    reply
-        .send(ServerMsg::Credential(CredentialGrant {
-            node_id: ztmesh_common::ids::NodeId(2),
-            credential: cred,
-            renew_at: control_support::now().saturating_add_ms(300),
-            posture_report_interval_ms: 60_000,
-        }))
-        .await
-        .unwrap();
+    let reply = grant_after_login(&mut server, &client, 300, 60_000).await;
     reply
         .send(ServerMsg::NetMap(NetMap {
             version: 1,

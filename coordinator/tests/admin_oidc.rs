@@ -43,8 +43,9 @@ async fn interactive(srv: &Server, hostname: &str) -> (TestClient, String) {
     (dev, id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
+/// A temporary directory, the data directory in it, the HTTP base URL `serve` will have, and
+/// the test IdP with that base's redirect URI registered.
+fn lab() -> (tempfile::TempDir, std::path::PathBuf, String, Idp) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     // The redirect URI must be registered before the IdP starts: pick the HTTP port first.
@@ -55,18 +56,34 @@ async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let idp = Idp::start(json!([client("ztmesh", &base)]), users());
+    (tmp, dir, base, idp)
+}
+
+/// The coordinator's TOML file, with an `[oidc]` table for `issuer` and `client_id`.
+fn config_file(
+    tmp: &tempfile::TempDir,
+    base: &str,
+    issuer: &str,
+    client_id: &str,
+) -> std::path::PathBuf {
     let policy = write(tmp.path(), "policy.hujson", POLICY);
-    let config = write(
+    let listen = base.trim_start_matches("http://");
+    write(
         tmp.path(),
         "coordinator.toml",
         &format!(
-            "http_listen = \"127.0.0.1:{port}\"\nhttp_plain_loopback = true\n\
+            "http_listen = \"{listen}\"\nhttp_plain_loopback = true\n\
              control_listen = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1:7443\"\npolicy = {policy:?}\n\
-             [oidc]\nissuer = \"{}\"\nclient_id = \"ztmesh\"\nredirect_base = \"{base}\"\n\
-             allow_http_issuer = true\n",
-            idp.issuer
+             [oidc]\nissuer = \"{issuer}\"\nclient_id = \"{client_id}\"\nredirect_base = \"{base}\"\n\
+             allow_http_issuer = true\n"
         ),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
+    let (tmp, dir, base, idp) = lab();
+    let config = config_file(&tmp, &base, &idp.issuer, "ztmesh");
     let srv = Server::start_args(&dir, &["--config".into(), config.to_string_lossy().into()]).await;
     assert_eq!(srv.url, base);
 
@@ -128,28 +145,10 @@ async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_variables_and_flags_override_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let policy = write(tmp.path(), "policy.hujson", POLICY);
+    let (tmp, dir, base, idp) = lab();
     // The file names an issuer nobody answers at and a client the IdP does not know: serve
     // could not even start with it.
-    let config = write(
-        tmp.path(),
-        "coordinator.toml",
-        &format!(
-            "http_listen = \"127.0.0.1:{port}\"\nhttp_plain_loopback = true\n\
-             control_listen = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1:7443\"\npolicy = {policy:?}\n\
-             [oidc]\nissuer = \"http://127.0.0.1:9/nobody\"\nclient_id = \"unknown-client\"\n\
-             redirect_base = \"{base}\"\nallow_http_issuer = true\n"
-        ),
-    );
+    let config = config_file(&tmp, &base, "http://127.0.0.1:9/nobody", "unknown-client");
     let srv = Server::start_env(
         &dir,
         &[

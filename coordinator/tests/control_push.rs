@@ -38,6 +38,27 @@ fn fw() -> ztmesh_common::posture::PostureAttrs {
     posture(&[(attr::FIREWALL, AttrValue::Bool(true))])
 }
 
+/// `Renew` with this WireGuard key and a passing posture.
+async fn send_renew(d: &mut Device, wg_public_key: WgPublicKey) {
+    d.client
+        .send(&ClientMsg::Renew(RenewRequest {
+            wg_public_key,
+            posture: fw(),
+        }))
+        .await
+        .unwrap();
+}
+
+/// The enrolled device logs in again on its connection and is admitted.
+async fn login_again(d: &mut Device) {
+    let auth = LoginAuth::AuthKey("unused: the device is enrolled".into());
+    d.client
+        .send(&ClientMsg::Login(login_request("b-1", auth, fw())))
+        .await
+        .unwrap();
+    expect_credential(&mut d.client, &d.welcome).await;
+}
+
 async fn pair(h: &Harness) -> (Device, Device) {
     let a = h.join("a-1", &h.preauth(&["tag:a"], false), fw()).await;
     let mut b = h.join("b-1", &h.preauth(&["tag:b"], false), fw()).await;
@@ -162,13 +183,7 @@ async fn renewal_rotates_the_key_and_peers_get_the_new_credential() {
     // Renew half-way through the 3 s lifetime.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let new_key = WgPublicKey(rand::random());
-    b.client
-        .send(&ClientMsg::Renew(RenewRequest {
-            wg_public_key: new_key,
-            posture: fw(),
-        }))
-        .await
-        .unwrap();
+    send_renew(&mut b, new_key).await;
     let (_, cred) = expect_credential(&mut b.client, &b.welcome).await;
     assert_eq!(cred.wg_public_key, new_key);
     assert!(cred.serial > b.credential.serial);
@@ -343,28 +358,15 @@ async fn a_device_silent_past_its_posture_interval_is_revoked_and_peers_told() {
             && r.decision == Decision::Deny
             && r.reason.contains("no posture report")));
     // Not the durable revoked flag: a fresh login with a fresh report brings it back.
-    b.client
-        .send(&ClientMsg::Login(login_request(
-            "b-1",
-            LoginAuth::AuthKey("unused: the device is enrolled".into()),
-            fw(),
-        )))
-        .await
-        .unwrap();
-    expect_credential(&mut b.client, &b.welcome).await;
+    login_again(&mut b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_that_keeps_the_wireguard_key_is_refused_and_the_credential_stays() {
     let h = Harness::start(&policy("1h", "")).await;
     let (mut a, mut b) = pair(&h).await;
-    b.client
-        .send(&ClientMsg::Renew(RenewRequest {
-            wg_public_key: b.credential.wg_public_key,
-            posture: fw(),
-        }))
-        .await
-        .unwrap();
+    let same_key = b.credential.wg_public_key;
+    send_renew(&mut b, same_key).await;
     match b.client.recv().await.unwrap() {
         ServerMsg::Refused { reasons } => {
             assert!(reasons[0].contains("new WireGuard key"), "{reasons:?}")
@@ -392,13 +394,7 @@ async fn a_renewal_that_keeps_the_wireguard_key_is_refused_and_the_credential_st
             && r.reason.contains("new WireGuard key")));
     // A renewal with a new key goes through on the same connection.
     let new_key = WgPublicKey(rand::random());
-    b.client
-        .send(&ClientMsg::Renew(RenewRequest {
-            wg_public_key: new_key,
-            posture: fw(),
-        }))
-        .await
-        .unwrap();
+    send_renew(&mut b, new_key).await;
     let (_, cred) = expect_credential(&mut b.client, &b.welcome).await;
     assert_eq!(cred.wg_public_key, new_key);
 }
@@ -412,13 +408,7 @@ async fn a_renewal_from_a_device_no_longer_in_the_mesh_is_answered() {
         other => panic!("expected the expiry, got {other:?}"),
     }
     // A renewal that was on its way when the credential ended.
-    b.client
-        .send(&ClientMsg::Renew(RenewRequest {
-            wg_public_key: WgPublicKey(rand::random()),
-            posture: fw(),
-        }))
-        .await
-        .unwrap();
+    send_renew(&mut b, WgPublicKey(rand::random())).await;
     match b.client.recv().await.unwrap() {
         ServerMsg::Revoked { reason } => {
             assert!(reason.contains("no longer in the mesh"), "{reason}")
@@ -426,13 +416,5 @@ async fn a_renewal_from_a_device_no_longer_in_the_mesh_is_answered() {
         other => panic!("expected Revoked, got {other:?}"),
     }
     // The connection still serves it: the enrolled device logs in again.
-    b.client
-        .send(&ClientMsg::Login(login_request(
-            "b-1",
-            LoginAuth::AuthKey("unused: the device is enrolled".into()),
-            fw(),
-        )))
-        .await
-        .unwrap();
-    expect_credential(&mut b.client, &b.welcome).await;
+    login_again(&mut b).await;
 }

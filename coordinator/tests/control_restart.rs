@@ -59,6 +59,17 @@ async fn rejoin(h: &Harness, e: &Enrolled, hostname: &str) -> Device {
     .await
 }
 
+/// Restart the coordinator; `a` comes back and still sees `b`, which has not reconnected.
+async fn restart_and_rejoin(h: &mut Harness, a: &Enrolled, b: &Enrolled) -> Device {
+    h.restart().await;
+    let a_back = rejoin(h, a, "a-1").await;
+    assert_eq!(
+        peer_ids(&a_back.netmap.peers, &a_back.welcome.coordinator_key),
+        vec![b.node]
+    );
+    a_back
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_device_back_after_a_restart_sees_peers_that_have_not_reconnected() {
     let mut h = Harness::start(&policy("1h")).await;
@@ -95,12 +106,7 @@ async fn a_restored_device_that_never_reconnects_expires_and_peers_are_told() {
             .and_then(|d| d.credential_expires_at)
             .expect("b holds a credential");
 
-    h.restart().await;
-    let mut a_back = rejoin(&h, &a, "a-1").await;
-    assert_eq!(
-        peer_ids(&a_back.netmap.peers, &a_back.welcome.coordinator_key),
-        vec![b.node]
-    );
+    let mut a_back = restart_and_rejoin(&mut h, &a, &b).await;
 
     let (d, _) = next_delta(&mut a_back.client, Duration::from_secs(6))
         .await
@@ -120,12 +126,7 @@ async fn a_restored_device_that_never_reports_again_leaves_the_mesh() {
     let b = enroll(&h, "b-1", "tag:b").await;
     let enrolled = Instant::now();
 
-    h.restart().await;
-    let mut a_back = rejoin(&h, &a, "a-1").await;
-    assert_eq!(
-        peer_ids(&a_back.netmap.peers, &a_back.welcome.coordinator_key),
-        vec![b.node]
-    );
+    let mut a_back = restart_and_rejoin(&mut h, &a, &b).await;
     // b's last report came with its login, before the restart.
     let (d, _) = next_delta(&mut a_back.client, Duration::from_secs(6))
         .await

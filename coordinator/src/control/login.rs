@@ -181,6 +181,19 @@ impl Logins {
 mod tests {
     use super::*;
 
+    fn join() -> (Purpose, oneshot::Receiver<JoinOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let hostname = "laptop".into();
+        (Purpose::Join { tx, hostname }, rx)
+    }
+
+    fn reauth_of_alice() -> Purpose {
+        Purpose::Reauth {
+            node: NodeId(3),
+            user: "alice".into(),
+        }
+    }
+
     fn ident(user: &str) -> Identity {
         let mut i = Identity::local(user, vec![]);
         i.refresh_token = Some(crate::identity::RefreshToken::new("secret-token"));
@@ -191,16 +204,8 @@ mod tests {
     fn ids_are_unguessable_and_single_use() {
         let l = Logins::default();
         let now = UnixMillis(1_000);
-        let (tx, _rx) = oneshot::channel();
-        let id = l
-            .start(
-                Purpose::Join {
-                    tx,
-                    hostname: "laptop".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let (purpose, _rx) = join();
+        let id = l.start(purpose, now).unwrap();
         assert_eq!(id.len(), 43);
         assert_eq!(l.status(&id, now), Some(LoginStatus::Pending));
         assert!(matches!(
@@ -225,32 +230,16 @@ mod tests {
     fn expired_and_orphaned_logins_are_refused() {
         let l = Logins::default();
         let now = UnixMillis(1_000);
-        let (tx, rx) = oneshot::channel();
-        let id = l
-            .start(
-                Purpose::Join {
-                    tx,
-                    hostname: "laptop".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let (purpose, rx) = join();
+        let id = l.start(purpose, now).unwrap();
         drop(rx);
         assert_eq!(l.status(&id, now), Some(LoginStatus::Expired));
         assert!(matches!(
             l.complete(&id, &ident("a"), now),
             Err(LoginError::DeviceGone)
         ));
-        let (tx, _rx) = oneshot::channel();
-        let id = l
-            .start(
-                Purpose::Join {
-                    tx,
-                    hostname: "laptop".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let (purpose, _rx) = join();
+        let id = l.start(purpose, now).unwrap();
         let later = now.saturating_add_ms(LOGIN_TTL_MS);
         assert!(matches!(
             l.complete(&id, &ident("a"), later),
@@ -262,16 +251,8 @@ mod tests {
     fn a_refused_join_tells_the_device_and_ends_a_refused_reauth_stays_open() {
         let l = Logins::default();
         let now = UnixMillis(1_000);
-        let (tx, mut rx) = oneshot::channel();
-        let id = l
-            .start(
-                Purpose::Join {
-                    tx,
-                    hostname: "laptop".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let (purpose, mut rx) = join();
+        let id = l.start(purpose, now).unwrap();
         assert_eq!(
             l.refuse(&id, "no MFA"),
             Some(Refused::Join {
@@ -281,15 +262,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), Err("no MFA".to_owned()));
         assert_eq!(l.status(&id, now), None, "the login is over");
         assert_eq!(l.refuse(&id, "again"), None);
-        let id = l
-            .start(
-                Purpose::Reauth {
-                    node: NodeId(3),
-                    user: "alice".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let id = l.start(reauth_of_alice(), now).unwrap();
         assert!(matches!(
             l.refuse(&id, "no MFA"),
             Some(Refused::Reauth { .. })
@@ -301,15 +274,7 @@ mod tests {
     fn reauth_must_be_the_same_user_and_debug_hides_tokens() {
         let l = Logins::default();
         let now = UnixMillis(1_000);
-        let id = l
-            .start(
-                Purpose::Reauth {
-                    node: NodeId(3),
-                    user: "alice".into(),
-                },
-                now,
-            )
-            .unwrap();
+        let id = l.start(reauth_of_alice(), now).unwrap();
         assert!(matches!(
             l.complete(&id, &ident("mallory"), now),
             Err(LoginError::WrongUser { .. })
