@@ -12,4 +12,5 @@ if [ -f tests/idp/package.json ] && [ ! -d tests/idp/node_modules/oidc-provider 
   (cd tests/idp && npm ci --no-audit --no-fund)
 fi
 cargo build --workspace --bins
-cargo test --workspace "$@"
+# --no-fail-fast: one CI run reports every failing suite, not only the first.
+cargo test --workspace --no-fail-fast "$@"

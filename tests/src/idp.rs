@@ -97,7 +97,7 @@ impl Lab {
                 &c,
             ],
         )?;
-        process.wait_for_log("ztmesh-test-idp ready", Duration::from_secs(30))?;
+        process.wait_for_log("ztmesh-test-idp ready", Duration::from_secs(60))?;
         // Reachable from the internet segment, not only bound.
         let addr = format!("{IDP_ADDR}:{IDP_PORT}");
         wait::until(

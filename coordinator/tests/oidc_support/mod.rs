@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openidconnect::reqwest;
 use openidconnect::url::Url;
@@ -55,6 +55,30 @@ pub struct Idp {
     log: PathBuf,
 }
 
+/// Waits for the IdP's ready line on its stdout; gives up when it exits or the time is up.
+fn wait_ready(child: &mut Child, timeout: Duration) -> Result<String, String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("ztmesh-test-idp ready issuer=") {
+                let issuer = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(issuer);
+            }
+        }
+    });
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(issuer) = rx.recv_timeout(Duration::from_millis(100)) {
+            return Ok(issuer);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}) before serving"));
+        }
+    }
+    Err(format!("no ready line within {timeout:?}"))
+}
+
 impl Idp {
     /// Starts the IdP with the given clients and users (JSON values as in tests/idp/README.md).
     pub fn start(clients: Value, users: Value) -> Idp {
@@ -62,6 +86,10 @@ impl Idp {
     }
 
     /// Starts the IdP on a given port (0: any free one).
+    ///
+    /// A node process that neither serves nor exits within a minute is killed and started once
+    /// more (a loaded 2-core CI machine was once seen stalling one start out of hundreds before
+    /// the provider was built); the panic says what each attempt did.
     pub fn start_on(clients: Value, users: Value, port: u16) -> Idp {
         ensure_node_modules();
         let dir = tempfile::tempdir().unwrap();
@@ -72,50 +100,44 @@ impl Idp {
         std::fs::write(&users_path, users.to_string()).unwrap();
         std::fs::write(&token_path, ADMIN_TOKEN).unwrap();
         let log = dir.path().join("idp.log");
-        let mut child = Command::new("node")
-            .arg(idp_dir().join("server.mjs"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--clients",
-            ])
-            .arg(&clients_path)
-            .arg("--users")
-            .arg(&users_path)
-            .arg("--admin-token-file")
-            .arg(&token_path)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cannot run `node` (Node.js >= 20.19 is needed for the OIDC tests)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("ztmesh-test-idp ready issuer=") {
-                    let issuer = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(issuer);
+        let mut attempts = Vec::new();
+        for attempt in 1..=2 {
+            let mut child = Command::new("node")
+                .arg(idp_dir().join("server.mjs"))
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--clients",
+                ])
+                .arg(&clients_path)
+                .arg("--users")
+                .arg(&users_path)
+                .arg("--admin-token-file")
+                .arg(&token_path)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("cannot run `node` (Node.js >= 20.19 is needed for the OIDC tests)");
+            match wait_ready(&mut child, Duration::from_secs(60)) {
+                Ok(issuer) => {
+                    return Idp {
+                        child,
+                        issuer,
+                        dir,
+                        log,
+                    }
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    attempts.push(format!("attempt {attempt}: {why}; its log:\n{log}"));
                 }
             }
-        });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(issuer) => issuer,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "test IdP did not become ready; its log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        Idp {
-            child,
-            issuer,
-            dir,
-            log,
         }
+        panic!("test IdP did not become ready:\n{}", attempts.join("\n"));
     }
 
     pub fn port(&self) -> u16 {
