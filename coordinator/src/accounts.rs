@@ -5,11 +5,12 @@
 use crate::audit;
 use crate::identity::{Identity, LoginSink};
 use crate::store::{Decision, Store, StoreError, UserRecord};
+use crate::web_page::{escape, page};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
 use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use rand::RngCore;
@@ -312,47 +313,10 @@ pub fn router(pages: LoginPages) -> Router {
         .with_state(pages)
 }
 
-fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".into(),
-            '>' => "&gt;".into(),
-            '&' => "&amp;".into(),
-            '"' => "&quot;".into(),
-            '\'' => "&#39;".into(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t} - ztmesh</title>\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <style>body{{font-family:sans-serif;max-width:28em;margin:3em auto;padding:0 1em}}\
-         label{{display:block;margin:.8em 0}}input{{width:100%;padding:.4em}}\
-         .err{{color:#a00}}</style></head><body><h1>{t}</h1>{body}</body></html>",
-        t = escape(title)
-    );
-    (
-        status,
-        [
-            ("cache-control", "no-store"),
-            ("x-frame-options", "DENY"),
-            (
-                "content-security-policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-            ),
-        ],
-        Html(html),
-    )
-        .into_response()
-}
-
 fn form_page(p: &LoginPages, login_id: &str, error: Option<&str>) -> Response {
     let id = escape(login_id);
     let err = error
-        .map(|e| format!("<p class=\"err\">{}</p>", escape(e)))
+        .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
     let sso = if p.oidc_enabled {
         format!(
@@ -471,7 +435,7 @@ async fn submit(
                 StatusCode::OK,
                 "Signed in",
                 &format!(
-                    "<p>Signed in as <b>{}</b>. You can close this page and return to your device.</p>",
+                    "<p>Signed in as <b>{}</b>. Your device is signed in: you can close this page and return to it.</p>",
                     escape(&user.login)
                 ),
             )

@@ -11,6 +11,7 @@
 //! - [`admin_cli`]: the admin CLI over that API.
 //! - [`policy_cli`]: policy subcommands.
 //! - [`serve`]: wires everything together and runs until SIGTERM.
+//! - [`web_page`]: the HTML frame of the login pages.
 
 pub mod accounts;
 pub mod admin_cli;
@@ -23,3 +24,4 @@ pub mod identity;
 pub mod policy_cli;
 pub mod serve;
 pub mod store;
+pub mod web_page;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{OidcError, OidcProvider};
 use crate::identity::LoginSink;
+use crate::web_page::message_page as page;
 
 #[derive(Clone)]
 struct RouteState {
@@ -96,7 +97,7 @@ async fn callback(State(st): State<RouteState>, Query(q): Query<CallbackParams>)
         Ok(()) => page(
             StatusCode::OK,
             "Signed in",
-            &format!("Signed in as {user}. You can close this window and return to your terminal."),
+            &format!("Signed in as {user}. Your device is signed in: you can close this page and return to it."),
         ),
         Err(rejected) => {
             tracing::warn!(login_id = %verified.login_id, %user, reason = %rejected, "login refused by the control plane");
@@ -131,47 +132,4 @@ fn error_page(err: &OidcError) -> Response {
         _ => StatusCode::UNAUTHORIZED,
     };
     page(status, "Sign-in failed", &err.to_string())
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let body = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ztmesh: {t}</title></head>\
-         <body><h1>{t}</h1><p id=\"message\">{m}</p></body></html>\n",
-        t = escape(title),
-        m = escape(message)
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_html() {
-        assert_eq!(escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
-    }
 }
