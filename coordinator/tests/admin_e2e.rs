@@ -9,9 +9,7 @@ use admin_support::*;
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use ztmesh_common::posture::PostureAttrs;
-use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
-use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestClient};
+use ztmesh_common::wire::ServerMsg;
 
 const POLICY: &str = r#"{
   // comments are fine: HuJSON
@@ -272,20 +270,7 @@ async fn login_page_with_local_account_admits_the_device_and_disable_revokes_it(
         .unwrap()
         .to_owned();
 
-    let ep = client_endpoint(srv.cert()).unwrap();
-    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
-    let (mut dev, welcome) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
-    dev.send(&ClientMsg::Login(login_request(
-        "laptop",
-        LoginAuth::Interactive,
-        PostureAttrs::new(),
-    )))
-    .await
-    .unwrap();
-    let url = match dev.recv().await.unwrap() {
-        ServerMsg::LoginUrl { url } => url,
-        other => panic!("expected LoginUrl, got {other:?}"),
-    };
+    let (mut dev, welcome, url) = interactive_login(&srv, "laptop").await;
     assert!(
         url.starts_with(&format!("{}/login/", srv.url)),
         "{url} vs {}",
@@ -337,13 +322,7 @@ async fn login_page_with_local_account_admits_the_device_and_disable_revokes_it(
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("Signed in"));
-    let grant = loop {
-        match dev.recv().await.unwrap() {
-            ServerMsg::Credential(g) => break g,
-            ServerMsg::LoginUrl { .. } => continue,
-            other => panic!("expected a credential, got {other:?}"),
-        }
-    };
+    let grant = wait_for_credential(&mut dev).await;
     let cred = grant
         .credential
         .verify_signature(&welcome.coordinator_key)

@@ -10,38 +10,13 @@ use admin_support::*;
 use oidc_support::{client, sign_in, totp_now, users, Idp, ALICE_TOTP};
 use serde_json::json;
 use std::time::Duration;
-use ztmesh_common::posture::PostureAttrs;
-use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
-use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestClient};
+use ztmesh_common::wire::ServerMsg;
 
 const POLICY: &str = r#"{
   "groups": { "group:eng": ["alice@example.test"] },
   "tagOwners": { "tag:server": ["group:eng"] },
   "acls": [ { "action": "accept", "src": ["group:eng"], "dst": ["tag:server:22"] } ],
 }"#;
-
-/// A device that asked for an interactive login; its login id.
-async fn interactive(srv: &Server, hostname: &str) -> (TestClient, String) {
-    let ep = client_endpoint(srv.cert()).unwrap();
-    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
-    let (mut dev, _) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
-    dev.send(&ClientMsg::Login(login_request(
-        hostname,
-        LoginAuth::Interactive,
-        PostureAttrs::new(),
-    )))
-    .await
-    .unwrap();
-    let url = match dev.recv().await.unwrap() {
-        ServerMsg::LoginUrl { url } => url,
-        other => panic!("expected LoginUrl, got {other:?}"),
-    };
-    let id = url
-        .strip_prefix(&format!("{}/login/", srv.url))
-        .unwrap_or_else(|| panic!("{url} is not under {}", srv.url))
-        .to_owned();
-    (dev, id)
-}
 
 /// A temporary directory, the data directory in it, the HTTP base URL `serve` will have, and
 /// the test IdP with that base's redirect URI registered.
@@ -112,13 +87,7 @@ async fn sso_login_through_serve_admits_the_device_as_the_idp_user() {
     .await
     .expect("not stopped");
     assert_eq!(done.status, 200, "{done:?}");
-    let grant = loop {
-        match dev.recv().await.unwrap() {
-            ServerMsg::Credential(g) => break g,
-            ServerMsg::LoginUrl { .. } => continue,
-            other => panic!("expected a credential, got {other:?}"),
-        }
-    };
+    let grant = wait_for_credential(&mut dev).await;
     let devices = srv.json(&["devices", "list", "--json"]);
     let d = &devices.as_array().unwrap()[0];
     assert_eq!(d["id"], grant.node_id.0);
@@ -170,13 +139,7 @@ async fn oidc_variables_and_flags_override_the_file() {
         .await
         .expect("not stopped");
     assert_eq!(page.status, 200, "{page:?}");
-    loop {
-        match dev.recv().await.unwrap() {
-            ServerMsg::Credential(_) => break,
-            ServerMsg::LoginUrl { .. } => continue,
-            other => panic!("expected a credential, got {other:?}"),
-        }
-    }
+    wait_for_credential(&mut dev).await;
     let shown = srv.json(&["devices", "show", "bob-laptop"]);
     assert_eq!(shown["summary"]["user"], "bob@example.test", "{shown}");
 }

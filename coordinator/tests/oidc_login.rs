@@ -17,11 +17,10 @@ const LOGIN_B: &str = "login-bbbbbbbb-0002";
 
 #[tokio::test]
 async fn login_with_mfa_maps_groups_and_hands_identity_to_control_plane() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let mut cfg = rp_config(&idp.issuer, "ztmesh", &base);
-    cfg.group_map.insert("ops".into(), "group:operators".into());
-    let rp = rp_serve(listener, cfg).await;
+    let (_idp, rp) = idp_and_rp(|c| {
+        c.group_map.insert("ops".into(), "group:operators".into());
+    })
+    .await;
     let otp = totp_now(ALICE_TOTP);
     let page = sign_in(&rp.base, LOGIN_A, "alice", "alice-pw", &otp, false)
         .await
@@ -52,9 +51,7 @@ async fn login_with_mfa_maps_groups_and_hands_identity_to_control_plane() {
 
 #[tokio::test]
 async fn login_without_mfa_is_refused_saying_mfa_is_required() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let rp = rp_serve(listener, rp_config(&idp.issuer, "ztmesh", &base)).await;
+    let (_idp, rp) = idp_and_rp(|_| {}).await;
 
     // bob has no second factor: the IdP reports amr ["pwd"].
     let page = sign_in(&rp.base, LOGIN_A, "bob", "bob-pw", "", false)
@@ -83,11 +80,7 @@ async fn login_without_mfa_is_refused_saying_mfa_is_required() {
 
 #[tokio::test]
 async fn password_only_login_passes_when_mfa_is_not_required() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let mut cfg = rp_config(&idp.issuer, "ztmesh", &base);
-    cfg.require_mfa = false;
-    let rp = rp_serve(listener, cfg).await;
+    let (_idp, rp) = idp_and_rp(|c| c.require_mfa = false).await;
     let page = sign_in(&rp.base, LOGIN_A, "bob", "bob-pw", "", false)
         .await
         .expect("not stopped");
@@ -115,9 +108,7 @@ async fn unverified_email_does_not_name_a_user() {
 
 #[tokio::test]
 async fn control_plane_refusal_is_shown() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let rp = rp_serve(listener, rp_config(&idp.issuer, "ztmesh", &base)).await;
+    let (_idp, rp) = idp_and_rp(|_| {}).await;
     let otp = totp_now(ALICE_TOTP);
     // The test sink refuses login ids containing "refuse".
     let page = sign_in(
@@ -301,11 +292,7 @@ async fn code_from_a_second_provider_is_refused() {
 
 #[tokio::test]
 async fn state_is_single_use_bound_to_its_pkce_and_expires() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let mut cfg = rp_config(&idp.issuer, "ztmesh", &base);
-    cfg.login_timeout_secs = 2;
-    let rp = rp_serve(listener, cfg).await;
+    let (_idp, rp) = idp_and_rp(|c| c.login_timeout_secs = 2).await;
     let mut browser = Browser::new();
     let otp = totp_now(ALICE_TOTP);
 
@@ -389,9 +376,7 @@ async fn state_is_single_use_bound_to_its_pkce_and_expires() {
 
 #[tokio::test]
 async fn idp_error_response_is_shown_and_consumes_state() {
-    let (listener, base) = rp_listener().await;
-    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
-    let rp = rp_serve(listener, rp_config(&idp.issuer, "ztmesh", &base)).await;
+    let (_idp, rp) = idp_and_rp(|_| {}).await;
     let url = rp.provider.start(LOGIN_A).unwrap();
     let state = url
         .query_pairs()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use ztmesh_common::posture::PostureAttrs;
-use ztmesh_common::wire::{ClientMsg, LoginAuth, ServerMsg};
+use ztmesh_common::wire::{ClientMsg, CredentialGrant, LoginAuth, ServerMsg, Welcome};
 use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestClient};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ztmesh-coordinator");
@@ -225,6 +225,47 @@ pub async fn wait_for_revoked(c: &mut TestClient, within: Duration) -> String {
             Ok(Some(ServerMsg::Revoked { reason })) => return reason,
             Ok(Some(_)) => continue,
             other => panic!("no Revoked within {within:?}: {other:?}"),
+        }
+    }
+}
+
+/// A device that asked for an interactive login: its connection, the server's welcome and
+/// the login URL it was given.
+pub async fn interactive_login(srv: &Server, hostname: &str) -> (TestClient, Welcome, String) {
+    let ep = client_endpoint(srv.cert()).unwrap();
+    let mk = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let (mut dev, welcome) = TestClient::connect(&ep, srv.control, mk).await.unwrap();
+    dev.send(&ClientMsg::Login(login_request(
+        hostname,
+        LoginAuth::Interactive,
+        PostureAttrs::new(),
+    )))
+    .await
+    .unwrap();
+    let url = match dev.recv().await.unwrap() {
+        ServerMsg::LoginUrl { url } => url,
+        other => panic!("expected LoginUrl, got {other:?}"),
+    };
+    (dev, welcome, url)
+}
+
+/// A device that asked for an interactive login; its login id.
+pub async fn interactive(srv: &Server, hostname: &str) -> (TestClient, String) {
+    let (dev, _, url) = interactive_login(srv, hostname).await;
+    let id = url
+        .strip_prefix(&format!("{}/login/", srv.url))
+        .unwrap_or_else(|| panic!("{url} is not under {}", srv.url))
+        .to_owned();
+    (dev, id)
+}
+
+/// Waits for the credential a device gets once its login is complete.
+pub async fn wait_for_credential(dev: &mut TestClient) -> CredentialGrant {
+    loop {
+        match dev.recv().await.unwrap() {
+            ServerMsg::Credential(g) => return g,
+            ServerMsg::LoginUrl { .. } => continue,
+            other => panic!("expected a credential, got {other:?}"),
         }
     }
 }

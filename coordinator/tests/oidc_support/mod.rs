@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod chromium;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,12 +27,19 @@ pub fn idp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/idp")
 }
 
-/// Installs the IdP's npm dependencies once per test binary if they are missing.
+/// The npm packages of tests/idp the tests run: the IdP and the browser driver.
+const NODE_PACKAGES: [&str; 2] = ["oidc-provider", "puppeteer-core"];
+
+/// Installs the IdP's npm dependencies once per test binary if any is missing.
 fn ensure_node_modules() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = idp_dir();
-        if dir.join("node_modules/oidc-provider/package.json").exists() {
+        let modules = dir.join("node_modules");
+        if NODE_PACKAGES
+            .iter()
+            .all(|p| modules.join(p).join("package.json").exists())
+        {
             return;
         }
         let status = Command::new("npm")
@@ -40,7 +49,7 @@ fn ensure_node_modules() {
         match status {
             Ok(s) if s.success() => {}
             other => panic!(
-                "the OIDC tests need the test IdP's npm packages: run `cd tests/idp && npm ci` \
+                "the OIDC and browser tests need the test IdP's npm packages: run `cd tests/idp && npm ci` \
                  (node >= 20.19 and npm required); `npm ci` failed: {other:?}"
             ),
         }
@@ -237,6 +246,17 @@ pub async fn rp_serve(listener: tokio::net::TcpListener, cfg: OidcConfig) -> Rp 
         completed,
         server,
     }
+}
+
+/// The test IdP (standard users, one client `ztmesh`) and a relying party for it on loopback,
+/// its configuration adjusted by `tweak`.
+pub async fn idp_and_rp(tweak: impl FnOnce(&mut OidcConfig)) -> (Idp, Rp) {
+    let (listener, base) = rp_listener().await;
+    let idp = Idp::start(json!([client("ztmesh", &base)]), users());
+    let mut cfg = rp_config(&idp.issuer, "ztmesh", &base);
+    tweak(&mut cfg);
+    let rp = rp_serve(listener, cfg).await;
+    (idp, rp)
 }
 
 /// Serves the RP's routes with `sink` as the control plane.
