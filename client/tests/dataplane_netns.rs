@@ -5,6 +5,7 @@
 //!
 //! - two ztmesh data planes: TCP both families, the filter (allowed port, denied port, denied
 //!   direction), ICMP as the filter says, and a view change that cuts an open connection.
+//! - a 1280-byte underlay (IPv4 and IPv6) under the default overlay MTU: TCP both families.
 //! - interop: a ztmesh data plane and a stock `boringtun-cli` configured with `wg`, ping and
 //!   TCP both ways.
 
@@ -182,6 +183,33 @@ impl Lab {
                 ifc,
             ]);
             sh(&["ip", "-n", ns, "link", "set", ifc, "up"]);
+        }
+    }
+
+    /// Like [`Lab::link`], then set both ends to `mtu` and, with `v6`, also give them
+    /// 2001:db8:`net`::1 and ::2 (/64).
+    fn link_with(&self, a: usize, b: usize, net: u8, mtu: u16, v6: bool) {
+        self.link(a, b, net);
+        let pid = std::process::id() % 100_000;
+        for (ns, ifc, host) in [
+            (&self.ns[a], format!("zv{pid}a{net}"), 1),
+            (&self.ns[b], format!("zv{pid}b{net}"), 2),
+        ] {
+            sh(&["ip", "-n", ns, "link", "set", &ifc, "mtu", &mtu.to_string()]);
+            if v6 {
+                sh(&[
+                    "ip",
+                    "-n",
+                    ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:db8:{net}::{host}/64"),
+                    "dev",
+                    &ifc,
+                    "nodad",
+                ]);
+            }
         }
     }
 
@@ -412,6 +440,63 @@ fn two_data_planes_carry_tcp_and_enforce_the_view() {
     assert!(t.elapsed() < Duration::from_secs(1));
     assert!(closed.ends_with("ConnectionReset"), "{closed}");
     drop(hold);
+}
+
+/// Two data planes over a veth of MTU 1280 (the IPv6 minimum) with the default overlay MTU of
+/// 1420: full-size tunnel packets become 1480-byte (IPv4 underlay) or 1500-byte (IPv6 underlay)
+/// datagrams, which must be fragmented on the way rather than dropped. 1 MiB of TCP over each
+/// inner family comes back intact.
+fn tcp_over_1280_byte_underlay(v6_underlay: bool, net: u8, tuns: [&str; 2]) {
+    let mut lab = Lab::new(&[tuns[0], tuns[1]]);
+    lab.link_with(0, 1, net, 1280, v6_underlay);
+    let now = unix_now();
+    let key = SigningKey::from_bytes(&rand::random());
+    let ep = |host: u8| {
+        if v6_underlay {
+            format!("[2001:db8:{net}::{host}]:51820")
+        } else {
+            format!("198.18.{net}.{host}:51820")
+        }
+    };
+    let a = Node::new(1, &ep(1), now);
+    let b = Node::new(2, &ep(2), now);
+    let b_filter = vec![allow(&a, &b, &[proto::TCP], &[7000])];
+    let pid = std::process::id() % 100_000;
+    start_dp(
+        &mut lab,
+        0,
+        &format!("zt{pid}{}", tuns[0]),
+        &a,
+        &key,
+        &netmap(&key, 1, &[&b], vec![]),
+    );
+    start_dp(
+        &mut lab,
+        1,
+        &format!("zt{pid}{}", tuns[1]),
+        &b,
+        &key,
+        &netmap(&key, 1, &[&a], b_filter),
+    );
+    echo_server(&mut lab, 1, 7000);
+    assert!(
+        echo(&lab, 0, &sock(b.v4(), 7000), 1 << 20),
+        "1 MiB of TCP over the IPv4 overlay, underlay MTU 1280"
+    );
+    assert!(
+        echo(&lab, 0, &sock(b.v6(), 7000), 1 << 20),
+        "1 MiB of TCP over the IPv6 overlay, underlay MTU 1280"
+    );
+}
+
+#[test]
+fn tcp_over_1280_byte_ipv4_underlay() {
+    tcp_over_1280_byte_underlay(false, 202, ["m", "n"]);
+}
+
+#[test]
+fn tcp_over_1280_byte_ipv6_underlay() {
+    tcp_over_1280_byte_underlay(true, 203, ["p", "q"]);
 }
 
 fn find_tool(name: &str) -> PathBuf {

@@ -40,6 +40,12 @@ pub enum Command {
         /// UDP port of the WireGuard data plane.
         #[arg(long, default_value_t = 41641)]
         port: u16,
+        /// Overlay (TUN) MTU. The default fits a 1500-byte underlay; larger tunnel packets
+        /// than the underlay carries are fragmented, so lower it only to avoid that. IPv6
+        /// inside the tunnel needs at least 1280.
+        #[arg(long, default_value_t = ztmesh_common::addr::OVERLAY_MTU,
+              value_parser = clap::value_parser!(u16).range(1280..=9000))]
+        mtu: u16,
         /// Root directory the posture probes read (a fixture directory for tests and demos).
         #[arg(long, default_value = "/")]
         posture_root: PathBuf,
@@ -111,6 +117,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             state_dir,
             tun,
             port,
+            mtu,
             posture_root,
             config,
         } => {
@@ -123,6 +130,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 socket: socket.socket,
                 tun_name: tun,
                 listen_port: port,
+                mtu,
                 posture_root,
                 config,
             };

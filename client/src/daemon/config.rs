@@ -11,6 +11,8 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     pub tun_name: String,
     pub listen_port: u16,
+    /// Overlay (TUN) MTU.
+    pub mtu: u16,
     /// Root the posture probes read from (`/` = this host).
     pub posture_root: PathBuf,
     pub config: FileConfig,

@@ -6,7 +6,6 @@ use crate::control::{PeerStats, Plane, PlaneSnapshot};
 use crate::dataplane::{self, DataPlane, DataPlaneConfig};
 use std::sync::{Arc, Mutex};
 use x25519_dalek::StaticSecret;
-use ztmesh_common::addr::OVERLAY_MTU;
 use ztmesh_common::credential::SignedCredential;
 use ztmesh_common::ids::CoordinatorPublicKey;
 use ztmesh_common::netmap::{NetMap, NetMapDelta};
@@ -30,7 +29,7 @@ pub async fn start(opts: &DaemonOptions) -> anyhow::Result<Arc<DaemonPlane>> {
     let dp = dataplane::start(DataPlaneConfig {
         tun_name: opts.tun_name.clone(),
         listen_port: opts.listen_port,
-        mtu: OVERLAY_MTU,
+        mtu: opts.mtu,
     })
     .await?;
     let port = dp.local_port();

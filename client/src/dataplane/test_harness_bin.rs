@@ -156,7 +156,9 @@ fn echo_server(addr: SocketAddr) -> Result<()> {
 
 fn echo_client(addr: SocketAddr, bytes: usize) -> Result<()> {
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    // Bounded both ways: a tunnel that stops carrying data fails the client, never hangs it.
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.set_write_timeout(Some(Duration::from_secs(5)))?;
     let data: Vec<u8> = (0..bytes).map(|i| (i * 7 + 3) as u8).collect();
     let mut reader = c.try_clone()?;
     let expect = data.clone();

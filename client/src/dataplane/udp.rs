@@ -1,11 +1,26 @@
 //! The one UDP socket: dual-stack when the host has IPv6, deliberately sized kernel buffers
-//! (past `rmem_max` with `SO_*BUFFORCE` when we have CAP_NET_ADMIN), and batched I/O through
-//! `quinn-udp` (recvmmsg with UDP GRO on receive, sendmsg with UDP GSO on send).
+//! (past `rmem_max` with `SO_*BUFFORCE` when we have CAP_NET_ADMIN), batched receive through
+//! `quinn-udp` (recvmmsg with UDP GRO), and sendmsg with UDP GSO on send.
+//!
+//! Outer datagrams may be fragmented. quinn-udp forbids fragmentation (it sets
+//! `IP_PMTUDISC_PROBE` / `IPV6_DONTFRAG`, right for QUIC, which probes its own path MTU), so a
+//! 1420-byte overlay packet (1480/1500 bytes on the wire) would fail with EMSGSIZE on a
+//! 1280-byte link and vanish. WireGuard carries no path MTU discovery of its own, and an inner
+//! IPv6 packet cannot be told to shrink below 1280 bytes, so like kernel WireGuard (which sends
+//! without DF) we let the kernel fragment: `IP_PMTUDISC_DONT` and `IPV6_DONTFRAG` off. Where
+//! the route fits a full-size datagram (the normal 1500-byte case) nothing changes.
+//!
+//! UDP GSO cannot fragment: the kernel refuses a GSO send whose segments exceed the route MTU.
+//! Such a batch is then sent one datagram per call, and GSO stays off for that destination
+//! for [`GSO_RETRY`] (we send GSO ourselves because quinn-udp would turn GSO off for good).
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use std::io::{self, IoSliceMut};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+use quinn_udp::{RecvMeta, UdpSocketState};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -26,22 +41,62 @@ pub struct Udp {
     pub local_port: u16,
 }
 
-fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
-    let v = size as libc::c_int;
-    let set = |opt| unsafe {
+/// How long GSO stays off for a destination whose route refused a GSO batch.
+pub const GSO_RETRY: Duration = Duration::from_secs(10);
+
+fn set_int(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: `v` outlives the call and the length matches its type.
+    let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             &v as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if set(force) == 0 || set(plain) == 0 {
+    if r == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
+    let v = size as libc::c_int;
+    set_int(fd, libc::SOL_SOCKET, force, v).or_else(|_| set_int(fd, libc::SOL_SOCKET, plain, v))
+}
+
+/// Let the kernel fragment outer datagrams that do not fit the route (see the module docs).
+/// Runs after quinn-udp's setup, which forbids it. The IPv4 option also governs v4-mapped
+/// destinations of a dual-stack socket.
+fn allow_fragmentation(fd: i32, v6: bool) -> io::Result<()> {
+    set_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )?;
+    if v6 {
+        set_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        )?;
+        set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)?;
+    }
+    Ok(())
+}
+
+/// The result of one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Handed to the kernel, or dropped after an error that retrying would not fix (UDP loss
+    /// is what the tunnel's protocols expect).
+    Done,
+    /// The kernel refused to segment this GSO batch; nothing of it was sent.
+    GsoRefused,
 }
 
 impl Udp {
@@ -60,6 +115,7 @@ impl Udp {
             tracing::warn!(error = %e, "could not size the UDP send buffer");
         }
         let state = UdpSocketState::new((&std_sock).into())?;
+        allow_fragmentation(fd, v6)?;
         let local_port = std_sock.local_addr()?.port();
         let socket = UdpSocket::from_std(std_sock)?;
         tracing::debug!(
@@ -95,31 +151,46 @@ impl Udp {
         })
     }
 
-    /// Send `contents` (one datagram, or several of `segment` bytes each with GSO), waiting for
-    /// socket space if needed. Errors other than a full buffer are logged and dropped: UDP
-    /// loss is what the tunnel's protocols expect.
-    pub async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<usize>) {
-        let t = Transmit {
-            destination: self.wire_addr(to),
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
-        };
+    /// Send `contents`: one datagram, or with `segment` several of `segment` bytes each (the
+    /// last may be shorter) in one GSO call. Waits for socket space if needed.
+    pub async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<u16>) -> Sent {
+        let addr = SockaddrStorage::from(self.wire_addr(to));
+        let iov = [IoSlice::new(contents)];
+        let fd = self.socket.as_raw_fd();
         loop {
             let r = self.socket.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.socket).into(), &t)
+                let gso;
+                let cmsgs: &[ControlMessage<'_>] = match &segment {
+                    Some(s) => {
+                        gso = [ControlMessage::UdpGsoSegments(s)];
+                        &gso
+                    }
+                    None => &[],
+                };
+                sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&addr)).map_err(io::Error::from)
             });
             match r {
-                Ok(()) => return,
+                Ok(_) => return Sent::Done,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.socket.writable().await.is_err() {
-                        return;
+                        return Sent::Done;
                     }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EINVAL: segments larger than the route MTU; EIO: the device cannot segment.
+                Err(e)
+                    if segment.is_some()
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE)
+                        ) =>
+                {
+                    tracing::debug!(error = %e, %to, "GSO send refused");
+                    return Sent::GsoRefused;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, %to, "UDP send failed");
-                    return;
+                    return Sent::Done;
                 }
             }
         }
@@ -160,13 +231,29 @@ impl Default for RecvBufs {
 /// below 64 KiB.
 const MAX_GSO_BYTES: usize = 65_000;
 
+/// Bound on remembered GSO-refusing destinations (expired ones are pruned when it is reached).
+const MAX_GSO_OFF: usize = 1024;
+
+/// A run of datagrams to one destination that travels in one `sendmsg`.
+struct Run {
+    to: SocketAddr,
+    start: usize,
+    end: usize,
+    /// Segment size: every datagram of the run has it except perhaps the last.
+    segment: usize,
+    /// A shorter last datagram, or the segment limit, ended the run.
+    closed: bool,
+    max_segments: usize,
+}
+
 /// Outgoing datagrams of one batch, grouped for GSO: consecutive datagrams to the same
 /// destination with the same size travel in one `sendmsg` (the last one may be shorter).
 pub struct TxBatch {
     buf: Vec<u8>,
-    /// (destination, start, end, segment size, closed: a shorter last segment ended the run)
-    runs: Vec<(SocketAddr, usize, usize, usize, bool)>,
+    runs: Vec<Run>,
     max_segments: usize,
+    /// Destinations whose route refused GSO, until when.
+    gso_off: HashMap<SocketAddr, Instant>,
 }
 
 impl TxBatch {
@@ -175,6 +262,7 @@ impl TxBatch {
             buf: Vec::with_capacity(512 * 1024),
             runs: Vec::with_capacity(128),
             max_segments: max_segments.max(1),
+            gso_off: HashMap::new(),
         }
     }
 
@@ -186,31 +274,56 @@ impl TxBatch {
         let start = self.buf.len();
         self.buf.extend_from_slice(d);
         if let Some(run) = self.runs.last_mut() {
-            let (dst, s, e, seg, closed) = run;
-            let n = (*e - *s) / *seg;
-            if *dst == to
-                && !*closed
-                && d.len() <= *seg
-                && n < self.max_segments
-                && *e == start
-                && *e - *s + d.len() <= MAX_GSO_BYTES
+            let n = (run.end - run.start) / run.segment;
+            if run.to == to
+                && !run.closed
+                && d.len() <= run.segment
+                && n < run.max_segments
+                && run.end == start
+                && run.end - run.start + d.len() <= MAX_GSO_BYTES
             {
-                *e = start + d.len();
-                if d.len() < *seg {
-                    *closed = true;
+                run.end = start + d.len();
+                if d.len() < run.segment {
+                    run.closed = true;
                 }
                 return;
             }
         }
-        self.runs
-            .push((to, start, start + d.len(), d.len().max(1), false));
+        // An expired entry stays (so a route that still refuses is not logged again).
+        let max_segments = match self.gso_off.get(&to) {
+            Some(until) if *until > Instant::now() => 1,
+            _ => self.max_segments,
+        };
+        self.runs.push(Run {
+            to,
+            start,
+            end: start + d.len(),
+            segment: d.len().max(1),
+            closed: false,
+            max_segments,
+        });
     }
 
     pub async fn flush(&mut self, udp: &Udp) {
-        for &(to, s, e, seg, _) in &self.runs {
-            let contents = &self.buf[s..e];
-            let segment = (contents.len() > seg).then_some(seg);
-            udp.send(to, contents, segment).await;
+        for run in &self.runs {
+            let contents = &self.buf[run.start..run.end];
+            let segment = (contents.len() > run.segment).then_some(run.segment as u16);
+            if udp.send(run.to, contents, segment).await == Sent::GsoRefused {
+                let now = Instant::now();
+                if self.gso_off.len() >= MAX_GSO_OFF {
+                    self.gso_off.retain(|_, until| *until > now);
+                }
+                if self.gso_off.insert(run.to, now + GSO_RETRY).is_none() {
+                    tracing::info!(
+                        to = %run.to,
+                        segment = run.segment,
+                        "route refuses UDP GSO (segments above its MTU?): one datagram per send"
+                    );
+                }
+                for d in contents.chunks(run.segment) {
+                    udp.send(run.to, d, None).await;
+                }
+            }
         }
         self.runs.clear();
         self.buf.clear();
