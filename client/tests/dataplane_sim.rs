@@ -1,7 +1,7 @@
 //! The in-memory mesh: several data plane engines on a simulated network with virtual time,
 //! loss and reordering, and a test coordinator key that signs their credentials. Fast and
 //! deterministic tests of handshakes, traffic, filter, conntrack, expiry, rotation, revocation,
-//! forged credentials and bad input.
+//! forged credentials, roaming (only authenticated packets move an endpoint) and bad input.
 //!
 //! Limit: boringtun's `Tunn` keeps its own WireGuard timers on the real clock, so handshake
 //! retransmission does not follow virtual time; the simulator therefore applies loss to data
@@ -467,4 +467,99 @@ fn fragments_of_allowed_datagrams_pass_others_do_not() {
     sim.advance(50);
     assert_eq!(sim.nodes[1].take_tun().len(), 2);
     assert_eq!(sim.nodes[1].engine.counters().rx_denied, 3);
+}
+
+/// The endpoint node 2 has for peer `node` (1-based node id).
+fn endpoint_at(sim: &Sim, at: usize, node: u64) -> Option<SocketAddr> {
+    sim.nodes[at]
+        .engine
+        .status(sim.now)
+        .peers
+        .iter()
+        .find(|p| p.node_id == NodeId(node))
+        .and_then(|p| p.endpoint)
+}
+
+/// The first in-flight datagram from `from` to `to` whose WireGuard type is `kind`.
+fn in_flight(sim: &Sim, from: SocketAddr, to: SocketAddr, kind: u8) -> Option<Vec<u8>> {
+    sim.net
+        .values()
+        .find(|d| d.from == from && d.to == to && d.data.first() == Some(&kind))
+        .map(|d| d.data.clone())
+}
+
+#[test]
+fn only_authenticated_packets_move_a_peer_endpoint() {
+    let mut sim = three();
+    let (home, to) = (sim.nodes[0].udp, sim.nodes[2].udp);
+    let (a, c) = (sim.nodes[0].v4(), sim.nodes[2].v4());
+    // Capture node 0's handshake initiation and first data message on their way.
+    sim.send_tun(0, &tcp(a, c, 40000, 22, 1000, 0, TCP_SYN, b""));
+    let init = in_flight(&sim, home, to, 1).expect("handshake initiation in flight");
+    sim.advance(50);
+    sim.nodes[2].take_tun();
+    sim.send_tun(0, &tcp(a, c, 40000, 22, 1001, 0, TCP_ACK, b"data"));
+    let data = in_flight(&sim, home, to, 4).expect("data message in flight");
+    sim.advance(50);
+    assert_eq!(sim.nodes[2].take_tun().len(), 1);
+    assert_eq!(endpoint_at(&sim, 2, 1), Some(home));
+
+    // From a new address: replays of both, a forged data message under the live receiver
+    // index, a cookie reply, an initiation from an unknown key, and random bytes.
+    let rogue: SocketAddr = "203.0.113.66:4444".parse().unwrap();
+    let mut forged = data.clone();
+    for b in &mut forged[16..] {
+        *b ^= 0x5a;
+    }
+    let mut cookie = vec![3u8, 0, 0, 0];
+    cookie.extend_from_slice(&data[4..8]);
+    cookie.resize(64, 0xab);
+    let stranger = StaticSecret::random_from_rng(&mut sim.rng);
+    let mut t = boringtun::noise::Tunn::new(
+        stranger,
+        PublicKey::from(sim.nodes[2].cred.wg_public_key.0),
+        None,
+        None,
+        5,
+        None,
+    );
+    let mut buf = vec![0u8; 256];
+    let boringtun::noise::TunnResult::WriteToNetwork(unknown_init) =
+        t.format_handshake_initiation(&mut buf, false)
+    else {
+        panic!("initiation");
+    };
+    let unknown_init = unknown_init.to_vec();
+    let noise: Vec<u8> = (0..200).map(|_| sim.rng.gen()).collect();
+    for d in [init, data, forged, cookie, unknown_init, noise] {
+        sim.inject(rogue, to, d);
+    }
+    sim.advance(50);
+    assert!(sim.nodes[2].take_tun().is_empty(), "nothing delivered");
+    assert_eq!(endpoint_at(&sim, 2, 1), Some(home), "endpoint unmoved");
+    // Replies still go home, and nothing went to the rogue address.
+    sim.send_tun(2, &tcp(c, a, 22, 40000, 5000, 1005, TCP_ACK, b"reply"));
+    sim.advance(50);
+    assert_eq!(sim.nodes[0].take_tun().len(), 1);
+    assert!(sim.captured.iter().all(|d| d.to != rogue), "sent to rogue");
+
+    // Node 0 really moves: its next authenticated packet moves the endpoint, and replies
+    // follow it.
+    let roamed: SocketAddr = "198.18.0.101:40001".parse().unwrap();
+    sim.nodes[0].udp = roamed;
+    sim.send_tun(0, &tcp(a, c, 40000, 22, 1005, 5005, TCP_ACK, b"moved"));
+    sim.advance(50);
+    assert_eq!(sim.nodes[2].take_tun().len(), 1);
+    assert_eq!(endpoint_at(&sim, 2, 1), Some(roamed));
+    sim.send_tun(2, &tcp(c, a, 22, 40000, 5005, 1010, TCP_ACK, b"follow"));
+    sim.advance(50);
+    assert_eq!(
+        sim.nodes[0].take_tun().len(),
+        1,
+        "reply reached the new address"
+    );
+    assert!(
+        sim.captured.iter().all(|d| d.to != home),
+        "nothing sent to the old address"
+    );
 }
