@@ -563,3 +563,83 @@ fn only_authenticated_packets_move_a_peer_endpoint() {
         "nothing sent to the old address"
     );
 }
+
+/// A WireGuard sender with `secret`'s key towards node `to` (fresh, as after a restart).
+fn sender(sim: &Sim, secret: &StaticSecret, to: usize, index: u32) -> boringtun::noise::Tunn {
+    boringtun::noise::Tunn::new(
+        secret.clone(),
+        PublicKey::from(sim.nodes[to].cred.wg_public_key.0),
+        None,
+        None,
+        index,
+        None,
+    )
+}
+
+fn initiate(t: &mut boringtun::noise::Tunn) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    match t.format_handshake_initiation(&mut buf, true) {
+        boringtun::noise::TunnResult::WriteToNetwork(d) => d.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+fn initiation(sim: &Sim, secret: &StaticSecret, to: usize, index: u32) -> Vec<u8> {
+    initiate(&mut sender(sim, secret, to, index))
+}
+
+#[test]
+fn handshake_rate_limit_is_the_configured_number_per_second() {
+    const LIMIT: u64 = 5;
+    let mut sim = Sim::with_config(
+        3,
+        11,
+        EngineConfig {
+            persistent_keepalive: None,
+            handshake_rate_limit: LIMIT,
+            ..EngineConfig::default()
+        },
+    );
+    sim.set_view(2, &[0, 1], vec![], 1);
+    let to = sim.nodes[2].udp;
+    let from: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+    let (s0, s1) = (sim.nodes[0].secret.clone(), sim.nodes[1].secret.clone());
+    let sent = |sim: &Sim, kind: u8| {
+        sim.captured
+            .iter()
+            .filter(|d| d.to == from && d.data.first() == Some(&kind))
+            .count()
+    };
+    // Initiations from known peers, all within one second: exactly LIMIT get a response.
+    for i in 0..LIMIT as u32 {
+        let s = if i % 2 == 0 { &s0 } else { &s1 };
+        let d = initiation(&sim, s, 2, 100 + i);
+        sim.inject(from, to, d);
+    }
+    sim.advance(10);
+    assert_eq!(sent(&sim, 2), LIMIT as usize, "responses within the limit");
+    assert_eq!(sim.nodes[2].engine.counters().cookies_sent, 0);
+    let mut late = sender(&sim, &s0, 2, 200);
+    let d = initiate(&mut late);
+    sim.inject(from, to, d);
+    sim.advance(10);
+    assert_eq!(sent(&sim, 2), LIMIT as usize, "over the limit: no response");
+    assert_eq!(sent(&sim, 3), 1, "a cookie reply instead");
+    assert_eq!(sim.nodes[2].engine.counters().cookies_sent, 1);
+    // The sender proves its address with the cookie (mac2): served though still over the limit.
+    let cookie = sim.captured.iter().rev().find(|d| d.data[0] == 3).unwrap();
+    let mut out = vec![0u8; 256];
+    let _ = late.decapsulate(None, &cookie.data.clone(), &mut out);
+    let d = initiate(&mut late);
+    sim.inject(from, to, d);
+    sim.advance(10);
+    assert_eq!(sent(&sim, 2), LIMIT as usize + 1, "a valid mac2 passes");
+    assert_eq!(sim.nodes[2].engine.counters().cookies_sent, 1);
+    // The next second starts a new window.
+    sim.advance(1_000);
+    let d = initiation(&sim, &s1, 2, 300);
+    sim.inject(from, to, d);
+    sim.advance(10);
+    assert_eq!(sent(&sim, 2), LIMIT as usize + 2);
+    assert_eq!(sim.nodes[2].engine.counters().cookies_sent, 1);
+}

@@ -5,7 +5,8 @@
 //!
 //! The engine opens no socket and reads no clock of its own. One limit: boringtun's `Tunn`
 //! reads `Instant::now()` internally for its WireGuard timers (rekey, keepalive, handshake
-//! retransmission) and its cookie rate limiter, and the handshake's TAI64N timestamp uses the
+//! retransmission) and the two-minute rotation of the cookie secret (the handshake rate limit
+//! itself counts in engine time, see [`super::hsgate`]), and the handshake's TAI64N timestamp uses the
 //! system clock. So WireGuard timer behaviour follows real time even when the engine is driven
 //! with virtual time; everything ztmesh decides (credential validity, expiry, conntrack, flow
 //! events) follows the `now` it is given.
@@ -13,13 +14,12 @@
 use super::conntrack::{Conntrack, FragTable, Lookup, Timeouts};
 use super::filter::Filter;
 use super::flowlog::FlowLog;
+use super::hsgate::{Admission, HandshakeGate};
 use super::packet::{self, Frag, IcmpKind, Parsed};
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use ztmesh_common::credential::{CredentialError, NodeCredential, SignedCredential};
 use ztmesh_common::ids::{CoordinatorPublicKey, NodeId, WgPublicKey};
 use ztmesh_common::netmap::{FilterRule, NetMap};
@@ -41,7 +41,8 @@ pub struct EngineConfig {
     pub persistent_keepalive: Option<u16>,
     pub max_flows: usize,
     pub conntrack_timeouts: Timeouts,
-    /// Handshake messages per second (over all peers) before cookies are demanded.
+    /// Handshake messages (initiations and responses with a valid mac1) per second, over all
+    /// peers, before a message must carry a valid mac2 or gets a cookie reply.
     pub handshake_rate_limit: u64,
     /// Answer packets to addresses outside the view with ICMP "administratively prohibited".
     pub unreachable_icmp: bool,
@@ -154,7 +155,7 @@ pub(super) struct Identity {
     pub public: x25519_dalek::PublicKey,
     pub cred: NodeCredential,
     pub coordinator: CoordinatorPublicKey,
-    pub rate_limiter: Arc<RateLimiter>,
+    pub handshakes: HandshakeGate,
 }
 
 /// A WireGuard session with a peer, under one pair of static keys.
@@ -404,29 +405,34 @@ impl Engine {
             self.counters.rx_dropped_inactive += 1;
             return;
         }
-        let Some(id) = self.identity.as_ref() else {
+        let Some(id) = self.identity.as_mut() else {
             return;
         };
         let Ok(parsed) = Tunn::parse_incoming_packet(data) else {
             self.counters.rx_invalid += 1;
             return;
         };
+        if matches!(
+            parsed,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        ) {
+            // mac1 (cheap) and the load check before any Diffie-Hellman: under a flood of
+            // handshakes this answers with cookies instead of spending CPU.
+            match id.handshakes.admit(now, from.ip(), data, buf) {
+                Admission::Pass => {}
+                Admission::Cookie(cookie) => {
+                    sink.send_datagram(from, cookie);
+                    self.counters.cookies_sent += 1;
+                    return;
+                }
+                Admission::Invalid => {
+                    self.counters.rx_invalid += 1;
+                    return;
+                }
+            }
+        }
         let (node, index) = match &parsed {
             Packet::HandshakeInit(init) => {
-                // mac1 (cheap) and load check before any Diffie-Hellman: under a flood of
-                // initiations this answers with cookies instead of spending CPU.
-                match id.rate_limiter.verify_packet(Some(from.ip()), data, buf) {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        sink.send_datagram(from, cookie);
-                        self.counters.cookies_sent += 1;
-                        return;
-                    }
-                    Err(_) => {
-                        self.counters.rx_invalid += 1;
-                        return;
-                    }
-                }
                 let Ok(half) = parse_handshake_anon(&id.secret, &id.public, init) else {
                     self.counters.rx_invalid += 1;
                     return;
@@ -650,9 +656,6 @@ impl Engine {
         if self.active && now >= self.next_wg_tick {
             self.next_wg_tick = now.saturating_add_ms(WG_TICK_MS);
             self.ensure_sessions(now, &mut buf, sink);
-            if let Some(id) = &self.identity {
-                id.rate_limiter.reset_count();
-            }
             for peer in self.peers.values_mut() {
                 if let Some((_, until)) = &peer.previous {
                     if *until <= now {

@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod engine;
 pub mod filter;
 pub mod flowlog;
+mod hsgate;
 pub mod packet;
 mod shell;
 mod tundev;

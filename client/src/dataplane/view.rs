@@ -7,12 +7,11 @@ use super::engine::{
     Engine, EngineError, EngineEvent, Identity, Peer, RemovalReason, Session, Sink,
 };
 use super::filter::Filter;
+use super::hsgate::HandshakeGate;
 use super::packet::{self, TcpSegment, TCP_ACK, TCP_RST};
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use ztmesh_common::credential::SignedCredential;
 use ztmesh_common::ids::{CoordinatorPublicKey, NodeId, WgPublicKey};
 use ztmesh_common::netmap::{proto, FilterRule, NetMap, NetMapDelta, PeerEntry};
@@ -69,7 +68,7 @@ fn new_session(id: &Identity, keepalive: Option<u16>, peer: &WgPublicKey, index:
         None,
         keepalive,
         index,
-        Some(id.rate_limiter.clone()),
+        Some(id.handshakes.for_tunn()),
     );
     Session {
         tunn: Box::new(tunn),
@@ -102,13 +101,14 @@ impl Engine {
         let old = self.identity.take();
         let key_changed = old.as_ref().is_none_or(|o| o.public != public);
         let coordinator_changed = old.as_ref().is_some_and(|o| o.coordinator != coordinator);
-        let rate_limiter = match &old {
-            Some(o) if !key_changed => o.rate_limiter.clone(),
-            _ => Arc::new(RateLimiter::new(&public, self.cfg.handshake_rate_limit)),
-        };
         let addresses_changed = old
             .as_ref()
             .is_some_and(|o| o.cred.addresses != cred.addresses);
+        // The sessions keep their key (and its gate) unless the key changes.
+        let handshakes = match old {
+            Some(o) if !key_changed => o.handshakes,
+            _ => HandshakeGate::new(&public, self.cfg.handshake_rate_limit),
+        };
         tracing::info!(
             node = %cred.node_id,
             expires_at = %cred.expires_at,
@@ -120,7 +120,7 @@ impl Engine {
             public,
             cred,
             coordinator,
-            rate_limiter,
+            handshakes,
         });
         let mut buf = vec![0u8; 2048];
         if coordinator_changed {

@@ -91,6 +91,17 @@ pub fn wg_public(s: &StaticSecret) -> WgPublicKey {
 
 impl Sim {
     pub fn new(n: usize, seed: u64) -> Sim {
+        Sim::with_config(
+            n,
+            seed,
+            EngineConfig {
+                persistent_keepalive: None,
+                ..EngineConfig::default()
+            },
+        )
+    }
+
+    pub fn with_config(n: usize, seed: u64, cfg: EngineConfig) -> Sim {
         let key = SigningKey::from_bytes(&[42; 32]);
         let coord = coordinator_public_key(&key);
         let mut sim = Sim {
@@ -122,10 +133,7 @@ impl Sim {
                 expires_at: UnixMillis(T0 + HOUR),
                 serial: 1,
             };
-            let engine = Engine::new(EngineConfig {
-                persistent_keepalive: None,
-                ..EngineConfig::default()
-            });
+            let engine = Engine::new(cfg.clone());
             sim.nodes.push(Node {
                 engine,
                 udp: SocketAddr::new(format!("198.18.0.{}", i + 1).parse().unwrap(), 51820),
