@@ -11,9 +11,11 @@
 //!   (4 attribute bytes, then 1 = enabled)
 //! - `proc/<pid>/comm`                    running processes, for EDR/AV agents
 //! - `var/lib/dpkg/status`, `var/log/apt/history.log`  their mtime = last package update
-//! - `nft-ruleset`                        what `nft list ruleset` would print (fixture only; the
-//!   system root runs `nft` itself)
+//! - `nft-ruleset`, `iptables-save`, `ip6tables-save`, `iptables-legacy-save`,
+//!   `ip6tables-legacy-save`                what those commands would print (fixture only; the
+//!   system root runs them itself, see [`super::firewall`])
 
+use super::firewall::FirewallDump;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -28,8 +30,9 @@ pub trait HostView: Send + Sync {
     fn mtime(&self, path: &str) -> io::Result<SystemTime>;
     /// Names of the entries of an absolute host directory.
     fn list(&self, path: &str) -> io::Result<Vec<String>>;
-    /// The active nftables ruleset as text, `None` when it cannot be read.
-    fn nft_ruleset(&self) -> Option<String>;
+    /// A firewall dump (what `nft list ruleset`, `iptables-save`... print), `None` when it
+    /// cannot be read (tool missing, no permission).
+    fn firewall_dump(&self, dump: FirewallDump) -> Option<String>;
 
     fn read_string(&self, path: &str) -> io::Result<String> {
         Ok(String::from_utf8_lossy(&self.read(path)?).into_owned())
@@ -74,14 +77,16 @@ impl HostView for RootDir {
         Ok(out)
     }
 
-    fn nft_ruleset(&self) -> Option<String> {
+    fn firewall_dump(&self, dump: FirewallDump) -> Option<String> {
         if !self.is_system() {
-            return self.read_string("/nft-ruleset").ok();
+            return self.read_string(dump.fixture_file()).ok();
         }
         // Runs in the daemon's network namespace, which is the one whose traffic we protect.
-        let out = std::process::Command::new("nft")
-            .args(["list", "ruleset"])
+        let (cmd, args) = dump.command();
+        let out = std::process::Command::new(cmd)
+            .args(args)
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .output()
             .ok()?;
         out.status

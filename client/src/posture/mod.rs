@@ -1,6 +1,7 @@
 //! Posture collection: runs the probes against a host view and assembles the attributes the
 //! device reports (names from `ztmesh_common::posture::attr`).
 
+pub mod firewall;
 pub mod host;
 pub mod probes;
 
@@ -103,7 +104,7 @@ impl Prober {
         );
         a.insert(
             attr::FIREWALL.into(),
-            AttrValue::Bool(probes::firewall_active(h)),
+            AttrValue::Bool(firewall::firewall_active(h)),
         );
         a.insert(
             attr::SECURE_BOOT.into(),

@@ -96,12 +96,6 @@ fn dm_is_crypt(host: &dyn HostView, dm: &str, depth: u32) -> bool {
             .all(|s| s.starts_with("dm-") && dm_is_crypt(host, s, depth + 1))
 }
 
-/// Whether a packet filter with at least one chain is loaded.
-pub fn firewall_active(host: &dyn HostView) -> bool {
-    host.nft_ruleset()
-        .is_some_and(|r| r.lines().any(|l| l.trim_start().starts_with("chain ")))
-}
-
 /// Whether the firmware booted with Secure Boot enabled.
 pub fn secure_boot(host: &dyn HostView) -> bool {
     // efivarfs files start with 4 bytes of attributes; the variable's value is one byte.
