@@ -96,13 +96,12 @@ pub fn nft_filters(text: &str) -> bool {
                     };
                     stack.push(kind);
                 }
-                '}' => {
-                    if stack.pop() == Some(Block::Table) {
-                        if table_filters && (table_has_rule || table_drops) {
-                            return true;
-                        }
-                        (table_filters, table_has_rule, table_drops) = (false, false, false);
+                // The guard pops on every '}'; only closing a table needs more.
+                '}' if stack.pop() == Some(Block::Table) => {
+                    if table_filters && (table_has_rule || table_drops) {
+                        return true;
                     }
+                    (table_filters, table_has_rule, table_drops) = (false, false, false);
                 }
                 _ => {}
             }
