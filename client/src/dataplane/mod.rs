@@ -3,7 +3,8 @@
 //! - [`engine`] + [`view`]: the sans-IO [`Engine`] (WireGuard via boringtun `Tunn` per peer,
 //!   routing, roaming, credential checks, enforcement).
 //! - [`filter`], [`conntrack`], [`flowlog`], [`packet`]: the pieces of enforcement.
-//! - `shell`, `tundev`, `udp`: the tokio I/O shell behind the [`DataPlane`] handle.
+//! - `shell`, `fq`, `tunio`, `tundev`, `udp`: the tokio I/O shell behind the [`DataPlane`]
+//!   handle: batched TUN I/O, a fair queue with CoDel on the TUN side, batched UDP with GRO/GSO.
 //!
 //! The daemon uses [`start`] and the [`DataPlane`] handle; tests drive the [`Engine`] directly.
 
@@ -11,10 +12,12 @@ pub mod conntrack;
 pub mod engine;
 pub mod filter;
 pub mod flowlog;
+mod fq;
 mod hsgate;
 pub mod packet;
 mod shell;
 mod tundev;
+mod tunio;
 mod udp;
 pub mod view;
 
@@ -22,7 +25,8 @@ pub use engine::{Counters, Engine, EngineConfig, EngineError, EngineEvent, Remov
 pub use view::{EngineStatus, OwnStatus, PeerStatus};
 
 use shell::{now_ms, QueueSink, Shared, State};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use ztmesh_common::credential::SignedCredential;
 use ztmesh_common::ids::CoordinatorPublicKey;
@@ -57,6 +61,17 @@ pub struct DataPlaneStatus {
     pub listen_port: u16,
     #[serde(flatten)]
     pub engine: EngineStatus,
+    /// Packets from the TUN that the fair queue dropped.
+    pub tun_queue: TunQueueStatus,
+}
+
+/// Drops in the queue between the TUN and the engine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TunQueueStatus {
+    /// Dropped by CoDel because the flow's packets kept waiting longer than the target.
+    pub codel_drops: u64,
+    /// Dropped (from the fattest flow) because the queue was full.
+    pub overflow_drops: u64,
 }
 
 /// Handle to a running data plane. Cheap calls: each locks the engine briefly.
@@ -96,22 +111,19 @@ pub fn start_with(
         (udp, tun)
     };
     let local_port = udp.local_port;
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            engine: Engine::new(engine_cfg),
-            deferred: QueueSink::default(),
-            addresses: None,
-            applied_addresses: Vec::new(),
-            shutdown: false,
-        }),
-        kick: tokio::sync::Notify::new(),
-    });
+    let shared = Arc::new(Shared::new(State {
+        engine: Engine::new(engine_cfg),
+        deferred: QueueSink::default(),
+        addresses: None,
+        applied_addresses: Vec::new(),
+        shutdown: false,
+    }));
     let thread = {
         let shared = shared.clone();
         let name = cfg.tun_name.clone();
         std::thread::Builder::new()
             .name(format!("dataplane-{}", cfg.tun_name))
-            .spawn(move || rt.block_on(shell::run(shared, tun, udp, name)))
+            .spawn(move || rt.block_on(shell::run(shared, tunio::PlainTun::new(tun), udp, name)))
             .map_err(DataPlaneError::Thread)?
     };
     tracing::info!(tun = %cfg.tun_name, port = local_port, "data plane started");
@@ -126,7 +138,7 @@ pub fn start_with(
 impl DataPlane {
     fn with_engine<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let r = f(&mut self.shared.lock());
-        self.shared.kick.notify_one();
+        self.shared.kick();
         r
     }
 
@@ -182,6 +194,10 @@ impl DataPlane {
             tun_name: self.tun_name.clone(),
             listen_port: self.local_port,
             engine,
+            tun_queue: TunQueueStatus {
+                codel_drops: self.shared.queue_codel_drops.load(Ordering::Relaxed),
+                overflow_drops: self.shared.queue_overflow_drops.load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -214,7 +230,7 @@ impl DataPlane {
 
     fn stop(&self) {
         self.shared.lock().shutdown = true;
-        self.shared.kick.notify_one();
+        self.shared.kick();
     }
 }
 

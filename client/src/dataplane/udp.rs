@@ -206,10 +206,16 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-/// Receive buffers, allocated once.
+/// Receive buffers, allocated once, with a cursor over what the last receive filled, so that
+/// the shell can hand datagrams to the engine a few at a time (one `recvmmsg` with GRO may
+/// bring thousands of segments).
 pub struct RecvBufs {
-    pub bufs: Vec<Vec<u8>>,
-    pub meta: Vec<RecvMeta>,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    /// Buffers filled by the last receive.
+    filled: usize,
+    /// The next buffer and byte offset in it.
+    at: (usize, usize),
 }
 
 impl RecvBufs {
@@ -217,13 +223,45 @@ impl RecvBufs {
         RecvBufs {
             bufs: (0..RECV_BATCH).map(|_| vec![0u8; RECV_BUF_LEN]).collect(),
             meta: vec![RecvMeta::default(); RECV_BATCH],
+            filled: 0,
+            at: (0, 0),
         }
     }
-}
 
-impl Default for RecvBufs {
-    fn default() -> Self {
-        Self::new()
+    /// Whether every datagram of the last receive has been taken.
+    pub fn is_drained(&self) -> bool {
+        self.at.0 >= self.filled
+    }
+
+    /// One non-blocking batch receive into the buffers, replacing what they held.
+    pub fn recv(&mut self, udp: &Udp) -> io::Result<usize> {
+        let mut slices: [IoSliceMut<'_>; RECV_BATCH] =
+            std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        for (s, b) in slices.iter_mut().zip(self.bufs.iter_mut()) {
+            *s = IoSliceMut::new(&mut b[..]);
+        }
+        self.filled = 0;
+        self.at = (0, 0);
+        let n = udp.try_recv(&mut slices, &mut self.meta)?;
+        self.filled = n;
+        Ok(n)
+    }
+
+    /// The next received datagram and its source; GRO super-datagrams come out split at
+    /// their segment size.
+    pub fn next_datagram(&mut self) -> Option<(SocketAddr, &[u8])> {
+        while self.at.0 < self.filled {
+            let (i, off) = self.at;
+            let m = &self.meta[i];
+            if off >= m.len {
+                self.at = (i + 1, 0);
+                continue;
+            }
+            let end = (off + m.stride.max(1)).min(m.len);
+            self.at.1 = end;
+            return Some((canonical(m.addr), &self.bufs[i][off..end]));
+        }
+        None
     }
 }
 

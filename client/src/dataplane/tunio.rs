@@ -1,0 +1,174 @@
+//! Batched I/O on the TUN device. The shell reads and writes packets in batches through
+//! [`TunIo`], so that an implementation with `IFF_VNET_HDR` offloads can slot in without
+//! touching the shell: its `recv_batch` would read one TSO super-packet and split it into
+//! segments, its `send_batch` would coalesce same-flow segments (userspace GRO) before one
+//! write. [`PlainTun`] is the device without offloads: one packet per `read`/`write`.
+
+use std::io;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Packets stored back to back in one buffer that grows to its working size once and is then
+/// reused: no allocation or zeroing per packet.
+pub struct PacketBatch {
+    buf: Vec<u8>,
+    /// Bytes of `buf` in use.
+    used: usize,
+    /// End offset of each packet in `buf`.
+    ends: Vec<usize>,
+    max_packets: usize,
+}
+
+impl PacketBatch {
+    /// Room for `max_packets` packets; `bytes` is the expected total size.
+    pub fn new(max_packets: usize, bytes: usize) -> Self {
+        PacketBatch {
+            buf: vec![0; bytes],
+            used: 0,
+            ends: Vec::with_capacity(max_packets),
+            max_packets: max_packets.max(1),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.ends.len() >= self.max_packets
+    }
+
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.ends.clear();
+    }
+
+    fn spare(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() < self.used + len {
+            self.buf.resize(self.used + len, 0);
+        }
+        &mut self.buf[self.used..self.used + len]
+    }
+
+    /// Append a copy of `pkt`.
+    pub fn push(&mut self, pkt: &[u8]) {
+        self.spare(pkt.len()).copy_from_slice(pkt);
+        self.used += pkt.len();
+        self.ends.push(self.used);
+    }
+
+    /// Append a packet written by `fill` into `max_len` spare bytes; `fill` returns how many
+    /// bytes it wrote, or an error (then nothing is appended).
+    pub fn push_with(
+        &mut self,
+        max_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let n = fill(self.spare(max_len))?.min(max_len);
+        self.used += n;
+        self.ends.push(self.used);
+        Ok(n)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let p = &self.buf[start..end];
+            start = end;
+            p
+        })
+    }
+}
+
+/// Batched, non-blocking access to a TUN device.
+pub trait TunIo {
+    /// Append the packets waiting on the device to `batch` until it is full. Returns how many
+    /// were read; `WouldBlock` when none was waiting.
+    fn recv_batch(&self, batch: &mut PacketBatch) -> io::Result<usize>;
+
+    /// Write the packets of `batch` in order, then empty it. A packet the device refuses is
+    /// dropped (and counted in the return value); the others are still written.
+    fn send_batch(&self, batch: &mut PacketBatch) -> usize;
+
+    /// Wait until the device may have packets to read.
+    async fn readable(&self) -> io::Result<()>;
+}
+
+/// A TUN device without offloads: every packet is one `read` or `write`.
+pub struct PlainTun {
+    dev: AsyncFd<tun::Device>,
+    /// Read buffer per packet: a read into a smaller buffer than the packet truncates it.
+    max_packet: usize,
+}
+
+impl PlainTun {
+    /// `dev` must be non-blocking and registered for readability. Reads take up to 64 KiB, so
+    /// that a packet is never truncated even if someone raises the device MTU.
+    pub fn new(dev: AsyncFd<tun::Device>) -> Self {
+        PlainTun {
+            dev,
+            max_packet: 65_535,
+        }
+    }
+}
+
+impl TunIo for PlainTun {
+    fn recv_batch(&self, batch: &mut PacketBatch) -> io::Result<usize> {
+        let mut n = 0;
+        while !batch.is_full() {
+            let r = self.dev.try_io(Interest::READABLE, |d| {
+                batch.push_with(self.max_packet, |buf| d.recv(buf))
+            });
+            match r {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    fn send_batch(&self, batch: &mut PacketBatch) -> usize {
+        let mut dropped = 0;
+        for p in batch.iter() {
+            if let Err(e) = self.dev.get_ref().send(p) {
+                dropped += 1;
+                tracing::trace!(error = %e, "TUN write failed");
+            }
+        }
+        batch.clear();
+        dropped
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        // Only a hint: the next `recv_batch` clears the readiness when the device is empty.
+        self.dev.readable().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_keeps_packets_apart_and_in_order() {
+        let mut b = PacketBatch::new(3, 100);
+        b.push(b"one");
+        b.push_with(100, |buf| {
+            buf[..3].copy_from_slice(b"two");
+            Ok(3)
+        })
+        .unwrap();
+        assert!(b
+            .push_with(100, |_| Err(io::ErrorKind::WouldBlock.into()))
+            .is_err());
+        b.push(b"three");
+        assert!(b.is_full());
+        assert_eq!(
+            b.iter().collect::<Vec<_>>(),
+            vec![&b"one"[..], b"two", b"three"]
+        );
+        b.clear();
+        assert!(b.is_empty());
+    }
+}
