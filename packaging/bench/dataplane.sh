@@ -5,14 +5,18 @@
 # per implementation a tunnel between them (overlay 100.64.0.1 <-> 100.64.0.2, MTU 1420):
 #   raw        no tunnel, the veth itself
 #   boringtun  boringtun-cli (cargo install boringtun-cli), configured with wg
-#   gotatun    gotatun-cli (cargo install gotatun-cli), configured with wg, if installed
+#   gotatun    gotatun-cli (cargo install gotatun-cli), configured with wg
 #   ztmesh     two ztmesh data planes (the ztmesh-dp-test harness, release build), identities
 #              signed by a throwaway coordinator key, filter allowing everything between them
 # Measured per implementation and round: iperf3 TCP 1 stream and 4 streams, UDP at max rate
 # (1392-byte datagrams in tunnels, 1400 raw), ping RTT idle (200 x 10 ms) and during the TCP-1
 # transfer, and CPU of both tunnel daemons during TCP-1. Rounds are interleaved
 # (raw, boringtun, gotatun, ztmesh, raw, ...) so machine drift hits every implementation alike.
-# Output: medians over rounds, and ratios (ztmesh / boringtun-cli, tunnel RTT minus raw RTT).
+# Output: medians [min-max] over rounds, ztmesh's ratio to boringtun-cli and to gotatun-cli for
+# every metric, RTT added over raw veth, and whether the issue's targets are met.
+#
+# Fails (exit 1) when an implementation asked for is not installed, when a tunnel does not come
+# up, or when a measurement produced no result: a missing column is never silently skipped.
 #
 # Containment: namespaces named ztbench-{a,b}-PID, no default route, nothing in the root
 # namespace; every load generator is bounded (iperf3 -t, ping -c, timeout); a trap kills what
@@ -20,8 +24,9 @@
 #
 # Usage: sudo packaging/bench/dataplane.sh [--runs N] [--duration S] [--out DIR]
 #                                          [--impls "raw boringtun gotatun ztmesh"]
-# Needs: iproute2 iperf3 wireguard-tools iputils-ping python3, boringtun-cli, optionally gotatun,
-# cargo (to build the harness in release mode unless ZTDP_BIN points at it).
+# Needs: iproute2 iperf3 wireguard-tools iputils-ping python3, and for the default set
+# boringtun-cli and gotatun (cargo install boringtun-cli gotatun-cli --locked), cargo (to build
+# the harness in release mode unless ZTDP_BIN points at it).
 set -Eeuo pipefail
 
 RUNS=3
@@ -34,7 +39,7 @@ while [ $# -gt 0 ]; do
     --duration) DUR=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --impls) IMPLS=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -44,13 +49,17 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-/tmp/ztmesh-bench-$(date +%Y%m%d-%H%M%S)}
 RAW="$OUT/raw"
 mkdir -p "$RAW"
-if [ -z "$IMPLS" ]; then
-  IMPLS="raw boringtun"
-  command -v gotatun >/dev/null && IMPLS="$IMPLS gotatun"
-  IMPLS="$IMPLS ztmesh"
-fi
+IMPLS=${IMPLS:-"raw boringtun gotatun ztmesh"}
 for c in ip iperf3 wg ping python3 timeout; do
   command -v "$c" >/dev/null || { echo "missing tool: $c" >&2; exit 1; }
+done
+for impl in $IMPLS; do
+  case "$impl" in
+    raw|ztmesh) ;;
+    boringtun) command -v boringtun-cli >/dev/null || { echo "boringtun asked for but boringtun-cli is not installed (cargo install boringtun-cli --locked)" >&2; exit 1; } ;;
+    gotatun) command -v gotatun >/dev/null || { echo "gotatun asked for but gotatun is not installed (cargo install gotatun-cli --locked)" >&2; exit 1; } ;;
+    *) echo "unknown implementation: $impl (raw boringtun gotatun ztmesh)" >&2; exit 2 ;;
+  esac
 done
 
 NS_A=ztbench-a-$$; NS_B=ztbench-b-$$
@@ -62,6 +71,9 @@ PORT=51820
 declare -A LIVE=()
 D_A=""; D_B=""
 
+FAILED="$OUT/failures.txt"
+: > "$FAILED"
+fail() { log "FAILED: $*"; echo "$*" >> "$FAILED"; }
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$OUT/run.log" >&2; }
 in_a() { ip netns exec "$NS_A" "$@"; }
 in_b() { ip netns exec "$NS_B" "$@"; }
@@ -156,7 +168,7 @@ tunnel_up() { # impl round
       done ;;
   esac
   for i in $(seq 50); do in_a ping -c 1 -W 1 "$OB" >/dev/null 2>&1 && return 0; done
-  log "$impl tunnel did not come up"; return 1
+  fail "round $r: $impl tunnel did not come up"; return 1
 }
 
 tunnel_down() {
@@ -168,7 +180,7 @@ iperf() { # tag dst args...
   local tag=$1 dst=$2 srv i; shift 2
   timeout $((DUR + 20)) ip netns exec "$NS_B" iperf3 -s -1 > "$RAW/$tag.server.txt" 2>&1 & srv=$!; track "$srv"
   for i in $(seq 100); do in_b ss -Hltn 'sport = :5201' | grep -q . && break; sleep 0.02; done
-  timeout $((DUR + 15)) ip netns exec "$NS_A" iperf3 -c "$dst" -t "$DUR" -J "$@" > "$RAW/$tag.json" 2>/dev/null || log "iperf3 $tag failed"
+  timeout $((DUR + 15)) ip netns exec "$NS_A" iperf3 -c "$dst" -t "$DUR" -J "$@" > "$RAW/$tag.json" 2>/dev/null || fail "iperf3 $tag"
   for i in $(seq 40); do kill -0 "$srv" 2>/dev/null || break; sleep 0.05; done
   stop_pid "$srv"
 }
@@ -195,17 +207,18 @@ for r in $(seq "$RUNS"); do
   for impl in $IMPLS; do round "$impl" "$r"; done
 done
 
-python3 - "$RAW" "$RUNS" "$IMPLS" > "$OUT/summary.md" <<'EOF'
+rc=0
+python3 - "$RAW" "$RUNS" "$IMPLS" > "$OUT/summary.md" <<'EOF' || rc=$?
 import json, re, statistics, sys, os
 raw, runs, impls = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def iperf(path, udp=False):
+def iperf(path):
     try:
-        j = json.load(open(path))
-        e = j["end"]
-        return e["sum_received"]["bits_per_second"] / 1e9
+        return json.load(open(path))["end"]["sum_received"]["bits_per_second"] / 1e9
+    except Exception:
+        return None
+def udp_loss(path):
+    try:
+        return json.load(open(path))["end"]["sum"]["lost_percent"]
     except Exception:
         return None
 def ping(path):
@@ -220,35 +233,76 @@ def cpu(path):
         return int(ticks) / int(tck) / float(dur)
     except Exception:
         return None
-rows = {}
+# (key, label, file suffix, parser, decimals)
+METRICS = [("tcp1", "TCP 1 stream, Gbit/s", "tcp1.json", iperf, 3),
+           ("tcp4", "TCP 4 streams, Gbit/s", "tcp4.json", iperf, 3),
+           ("udp", "UDP max rate, received Gbit/s", "udp.json", iperf, 3),
+           ("udploss", "UDP max rate, loss %", "udp.json", udp_loss, 1),
+           ("idle", "ping RTT idle, p50 ms", "idle.ping", ping, 3),
+           ("load", "ping RTT during TCP-1, p50 ms", "load.ping", ping, 3),
+           ("cpu", "both daemons' CPU during TCP-1, cores", "tcp1.cpu", cpu, 2)]
+vals, missing = {}, []
 for impl in impls:
-    f = lambda kind, fn, **kw: med([fn(os.path.join(raw, f"r{r}_{impl}_{kind}"), **kw) for r in range(1, runs + 1)])
-    rows[impl] = {
-        "tcp1": f("tcp1.json", iperf), "tcp4": f("tcp4.json", iperf),
-        "udp": f("udp.json", iperf, udp=True),
-        "idle": f("idle.ping", ping), "load": f("load.ping", ping), "cpu": f("tcp1.cpu", cpu),
-    }
-def fmt(v, nd=3):
-    return "-" if v is None else f"{v:.{nd}f}"
-print(f"medians over {runs} interleaved rounds\n")
-print("| metric | " + " | ".join(impls) + " |")
-print("|---|" + "---|" * len(impls))
-for key, label, nd in [("tcp1", "TCP 1 stream, Gbit/s", 3), ("tcp4", "TCP 4 streams, Gbit/s", 3),
-                       ("udp", "UDP max rate, received Gbit/s", 3), ("idle", "ping idle p50, ms", 3),
-                       ("load", "ping during TCP-1 p50, ms", 3), ("cpu", "daemon CPU during TCP-1, cores", 2)]:
-    print(f"| {label} | " + " | ".join(fmt(rows[i][key], nd) for i in impls) + " |")
-z, b, rw = rows.get("ztmesh"), rows.get("boringtun"), rows.get("raw")
-print()
-if z and b:
-    for key, label in [("tcp1", "TCP-1"), ("tcp4", "TCP-4"), ("udp", "UDP")]:
-        if z[key] and b[key]:
-            print(f"- ztmesh / boringtun-cli {label}: {z[key] / b[key]:.2f}x")
-    g = rows.get("gotatun")
-    if g and g["tcp1"] and z["tcp1"]:
-        print(f"- ztmesh / gotatun-cli TCP-1: {z['tcp1'] / g['tcp1']:.2f}x")
-if z and rw and z["idle"] is not None and rw["idle"] is not None:
-    print(f"- ztmesh idle RTT added over raw veth: {z['idle'] - rw['idle']:.3f} ms")
-if z and z["load"] is not None:
-    print(f"- ztmesh RTT under TCP-1 load: {z['load']:.3f} ms")
+    for key, label, suffix, fn, _ in METRICS:
+        if impl == "raw" and key == "cpu":
+            continue
+        xs = [fn(os.path.join(raw, f"r{r}_{impl}_{suffix}")) for r in range(1, runs + 1)]
+        got = [x for x in xs if x is not None]
+        if len(got) < len(xs):
+            missing.append(f"{impl} {key}: {len(xs) - len(got)} of {len(xs)} rounds without a result")
+        vals[(impl, key)] = got
+def med(impl, key):
+    xs = vals.get((impl, key)) or []
+    return statistics.median(xs) if xs else None
+def cell(impl, key, nd):
+    xs = vals.get((impl, key)) or []
+    if not xs:
+        return "-"
+    m = statistics.median(xs)
+    return f"{m:.{nd}f} [{min(xs):.{nd}f}-{max(xs):.{nd}f}]" if len(xs) > 1 else f"{m:.{nd}f}"
+def ratio(key, ref):
+    z, r = med("ztmesh", key), med(ref, key)
+    return f"{z / r:.2f}x" if z is not None and r else "-"
+names = {"raw": "raw veth", "boringtun": "boringtun-cli", "gotatun": "gotatun-cli", "ztmesh": "ztmesh"}
+refs = [r for r in ("boringtun", "gotatun") if r in impls and "ztmesh" in impls]
+print(f"medians [min-max] over {runs} interleaved rounds; ratios are ztmesh / reference\n")
+print("| metric | " + " | ".join(names[i] for i in impls) + "".join(f" | ztmesh / {names[r]}" for r in refs) + " |")
+print("|---|" + "---|" * (len(impls) + len(refs)))
+for key, label, _, _, nd in METRICS:
+    print(f"| {label} | " + " | ".join(cell(i, key, nd) for i in impls)
+          + "".join(f" | {ratio(key, r)}" for r in refs) + " |")
+def added(impl, key):
+    t, rw = med(impl, key), med("raw", key)
+    return None if t is None or rw is None else t - rw
+tunnels = [i for i in impls if i != "raw"]
+if "raw" in impls and tunnels:
+    print("\nRTT added over raw veth (tunnel p50 minus raw p50), ms:\n")
+    print("| | " + " | ".join(names[i] for i in tunnels) + " |")
+    print("|---|" + "---|" * len(tunnels))
+    for key, label in (("idle", "idle"), ("load", "during TCP-1")):
+        print(f"| {label} | " + " | ".join("-" if added(i, key) is None else f"{added(i, key):.3f}"
+                                          for i in tunnels) + " |")
+if "ztmesh" in impls:
+    print("\nTargets (issue 4):\n")
+    z1, b1 = med("ztmesh", "tcp1"), med("boringtun", "tcp1")
+    if z1 is not None and b1:
+        print(f"- TCP 1 stream >= 1.5x boringtun-cli: {z1 / b1:.2f}x: {'met' if z1 / b1 >= 1.5 else 'NOT met'}")
+    a = added("ztmesh", "idle")
+    if a is not None:
+        print(f"- idle RTT added over raw veth < 0.2 ms (median): {a:.3f} ms: {'met' if a < 0.2 else 'NOT met'}")
+    l = med("ztmesh", "load")
+    if l is not None:
+        print(f"- RTT under load < 2 ms (median): {l:.3f} ms: {'met' if l < 2 else 'NOT met'}")
+if missing:
+    print("\nMISSING RESULTS:\n")
+    for m in missing:
+        print(f"- {m}")
+    sys.exit(3)
 EOF
 cat "$OUT/summary.md"
+if [ -s "$FAILED" ] || [ "$rc" != 0 ]; then
+  echo "benchmark FAILED:" >&2
+  cat "$FAILED" >&2
+  [ "$rc" != 0 ] && echo "some measurements produced no result (see MISSING RESULTS above)" >&2
+  exit 1
+fi
