@@ -32,7 +32,7 @@ impl Default for FqConfig {
         // tunnel, not a 10 Gbit/s NIC.
         FqConfig {
             buckets: 256,
-            limit: 2048,
+            limit: 4096,
             quantum: 1514,
             target_us: 5_000,
             interval_us: 100_000,
@@ -101,7 +101,6 @@ impl FairQueue {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

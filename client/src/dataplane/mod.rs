@@ -61,17 +61,34 @@ pub struct DataPlaneStatus {
     pub listen_port: u16,
     #[serde(flatten)]
     pub engine: EngineStatus,
-    /// Packets from the TUN that the fair queue dropped.
-    pub tun_queue: TunQueueStatus,
+    /// Packets the fair queues dropped, per direction.
+    pub queues: QueuesStatus,
 }
 
-/// Drops in the queue between the TUN and the engine.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TunQueueStatus {
+pub struct QueuesStatus {
+    /// Read from the TUN, waiting for encryption.
+    pub outbound: QueueStatus,
+    /// Decrypted, waiting to be written to the TUN.
+    pub inbound: QueueStatus,
+}
+
+/// Drops in one fair queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStatus {
     /// Dropped by CoDel because the flow's packets kept waiting longer than the target.
     pub codel_drops: u64,
     /// Dropped (from the fattest flow) because the queue was full.
     pub overflow_drops: u64,
+}
+
+impl From<&shell::QueueDrops> for QueueStatus {
+    fn from(d: &shell::QueueDrops) -> Self {
+        QueueStatus {
+            codel_drops: d.codel.load(Ordering::Relaxed),
+            overflow_drops: d.overflow.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Handle to a running data plane. Cheap calls: each locks the engine briefly.
@@ -79,10 +96,10 @@ pub struct DataPlane {
     shared: Arc<Shared>,
     tun_name: String,
     local_port: u16,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Create the TUN device (no address yet), bind the UDP socket, and start the I/O thread.
+/// Create the TUN device (no address yet), bind the UDP socket, and start the I/O threads.
 pub async fn start(cfg: DataPlaneConfig) -> Result<DataPlane, DataPlaneError> {
     start_with(cfg, EngineConfig::default())
 }
@@ -97,18 +114,21 @@ pub fn start_with(
         ..engine_cfg
     };
     let dev = tundev::create(&cfg.tun_name, cfg.mtu)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(DataPlaneError::Thread)?;
-    let (udp, tun) = {
-        let _guard = rt.enter();
-        let udp = udp::Udp::bind(cfg.listen_port).map_err(DataPlaneError::Udp)?;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(DataPlaneError::Thread)
+    };
+    let (send_rt, recv_rt) = (runtime()?, runtime()?);
+    let udp = Arc::new(udp::Udp::bind(cfg.listen_port).map_err(DataPlaneError::Udp)?);
+    let tun = {
+        let _guard = send_rt.enter();
         // SAFETY: the device owns its file descriptor and keeps it open and unchanged until
         // it is dropped, which happens only when the AsyncFd that owns it is dropped.
-        let tun = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
+        let dev = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
             .map_err(|e| DataPlaneError::Tun(std::io::Error::from(e).into()))?;
-        (udp, tun)
+        Arc::new(tunio::PlainTun::new(dev))
     };
     let local_port = udp.local_port;
     let shared = Arc::new(Shared::new(State {
@@ -118,20 +138,36 @@ pub fn start_with(
         applied_addresses: Vec::new(),
         shutdown: false,
     }));
-    let thread = {
-        let shared = shared.clone();
-        let name = cfg.tun_name.clone();
-        std::thread::Builder::new()
-            .name(format!("dataplane-{}", cfg.tun_name))
-            .spawn(move || rt.block_on(shell::run(shared, tunio::PlainTun::new(tun), udp, name)))
-            .map_err(DataPlaneError::Thread)?
+    let send = shell::SendLoop::new(
+        shared.clone(),
+        tun.clone(),
+        udp.clone(),
+        cfg.tun_name.clone(),
+    );
+    let recv = {
+        let _guard = recv_rt.enter();
+        shell::RecvLoop::new(shared.clone(), tun, udp).map_err(DataPlaneError::Udp)?
     };
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .map_err(DataPlaneError::Thread)
+    };
+    let recv_thread = spawn(
+        format!("dp-rx-{}", cfg.tun_name),
+        Box::new(move || recv_rt.block_on(recv.run())),
+    )?;
+    let send_thread = spawn(
+        format!("dp-tx-{}", cfg.tun_name),
+        Box::new(move || send_rt.block_on(send.run())),
+    )?;
     tracing::info!(tun = %cfg.tun_name, port = local_port, "data plane started");
     Ok(DataPlane {
         shared,
         tun_name: cfg.tun_name,
         local_port,
-        thread: Some(thread),
+        threads: vec![send_thread, recv_thread],
     })
 }
 
@@ -194,9 +230,9 @@ impl DataPlane {
             tun_name: self.tun_name.clone(),
             listen_port: self.local_port,
             engine,
-            tun_queue: TunQueueStatus {
-                codel_drops: self.shared.queue_codel_drops.load(Ordering::Relaxed),
-                overflow_drops: self.shared.queue_overflow_drops.load(Ordering::Relaxed),
+            queues: QueuesStatus {
+                outbound: (&self.shared.outbound_drops).into(),
+                inbound: (&self.shared.inbound_drops).into(),
             },
         }
     }
@@ -220,12 +256,16 @@ impl DataPlane {
         &self.tun_name
     }
 
-    /// Stop the I/O thread and close the TUN device and socket.
+    /// Stop the I/O threads and close the TUN device and socket.
     pub async fn shutdown(mut self) {
         self.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 
     fn stop(&self) {

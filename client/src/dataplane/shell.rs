@@ -1,13 +1,15 @@
-//! The tokio I/O shell: one thread with a current-thread runtime drives the engine from the TUN
-//! device, the UDP socket, control calls and timers.
+//! The tokio I/O shell: two threads, each with a current-thread runtime, drive the engine.
+//! The send thread reads the TUN and encrypts (and runs control calls and timers); the
+//! receive thread reads the UDP socket, decrypts and writes the TUN. The system calls, most of
+//! the cost, thus run in parallel; the engine is locked once per batch, never per packet, and
+//! no step allocates per packet.
 //!
-//! Each turn polls every source without blocking, in this order: control calls; a bounded
-//! number of received datagrams (`recvmmsg` with UDP GRO) whose decrypted packets go to the
-//! TUN as one batch; the TUN drained into the
-//! fair queue ([`FairQueue`], so that sparse flows overtake a bulk backlog); up to
-//! [`SEND_BATCH`] packets from that queue through the engine; due timers; one GSO flush of the
-//! datagrams produced. The loop sleeps only when a turn found nothing to do. The engine is
-//! locked once per step, never per packet, and no step allocates per packet.
+//! Both directions pass a fair queue with CoDel ([`FairQueue`]): packets read from the TUN wait
+//! in one before encryption, decrypted packets in another before they are written to the TUN.
+//! When the data plane is the bottleneck, the standing queue thus forms where it is managed
+//! (sparse flows such as ping or an interactive session overtake a bulk transfer, and CoDel
+//! makes TCP back off early) instead of in the kernel's FIFOs, the TUN ring (500 packets) and
+//! the UDP receive buffer, which each thread drains eagerly while its queue is short.
 
 use super::engine::{Engine, Sink};
 use super::fq::{FairQueue, FqConfig};
@@ -16,29 +18,37 @@ use super::tunio::{PacketBatch, TunIo};
 use super::udp::{RecvBufs, TxBatch, Udp};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 use ztmesh_common::time::UnixMillis;
 
-/// Packets read from the TUN per turn. Draining the kernel's ring (500 packets) eagerly moves
-/// the queue into the fair queue, where it is managed.
-const TUN_READ_BATCH: usize = 256;
-/// Packets taken from the fair queue per turn: one GSO batch.
+/// Packets read from the TUN per turn while the outbound queue is short: the whole kernel
+/// ring, so that it empties into the managed queue.
+const TUN_READ_BATCH: usize = 512;
+/// Packets encrypted per turn (and per engine lock): one GSO batch.
 const SEND_BATCH: usize = 64;
-/// Received datagrams handled per turn. Bounded so that the TUN is drained in between: each
-/// ACK written to the TUN lets the local TCP sender put more data packets into the kernel's
-/// TUN ring at once, and a thousand ACKs from one GRO receive would overflow it.
-const UDP_BUDGET: usize = 64;
-/// Decrypted packets written to the TUN per batch.
-const TUN_WRITE_BATCH: usize = 256;
+/// Datagrams decrypted per engine lock.
+const RECV_BATCH: usize = 64;
+/// Datagrams decrypted per turn while the inbound queue is short.
+const RECV_BUDGET: usize = 1024;
+/// Decrypted packets written to the TUN per turn.
+const TUN_WRITE_BATCH: usize = 64;
+/// Above this many queued packets a direction takes in only as much as it passes on per turn:
+/// draining further would spend reads and decryptions on packets CoDel is about to drop.
+const QUEUE_HIGH: usize = 2048;
+/// Busy turns between yields to the runtime (which refreshes readiness and timers).
+const TURNS_PER_YIELD: u32 = 32;
 /// Bound on queued engine events nobody collected.
 const MAX_EVENTS: usize = 1024;
 /// Longest sleep without a timer (the loop re-reads the engine's next timer after it).
 const MAX_SLEEP_MS: u64 = 1_000;
 
-/// Outputs of control calls (made from other threads), flushed by the loop.
+/// Outputs of control calls (made from other threads), flushed by the send thread.
 #[derive(Default)]
 pub(super) struct QueueSink {
     pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
@@ -63,14 +73,31 @@ pub(super) struct State {
     pub shutdown: bool,
 }
 
+/// Drop counters of one fair queue, published for `status`.
+#[derive(Default)]
+pub(super) struct QueueDrops {
+    pub codel: AtomicU64,
+    pub overflow: AtomicU64,
+}
+
+impl QueueDrops {
+    fn publish(&self, q: &FairQueue) {
+        let d = q.drops();
+        self.codel.store(d.codel, Ordering::Relaxed);
+        self.overflow.store(d.overflow, Ordering::Relaxed);
+    }
+}
+
 pub(super) struct Shared {
     pub state: Mutex<State>,
-    /// Wakes the loop when it sleeps; `pending` tells a busy loop.
+    /// Wakes the send thread when it sleeps; `pending` tells it when busy.
     pub kick: Notify,
     pub pending: AtomicBool,
-    /// Packets the TUN-side fair queue dropped: by CoDel, and because it was full.
-    pub queue_codel_drops: AtomicU64,
-    pub queue_overflow_drops: AtomicU64,
+    /// Set by the send thread when it stops; `stop` wakes the receive thread.
+    pub stopped: AtomicBool,
+    pub stop: Notify,
+    pub outbound_drops: QueueDrops,
+    pub inbound_drops: QueueDrops,
 }
 
 impl Shared {
@@ -79,8 +106,10 @@ impl Shared {
             state: Mutex::new(state),
             kick: Notify::new(),
             pending: AtomicBool::new(false),
-            queue_codel_drops: AtomicU64::new(0),
-            queue_overflow_drops: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
+            outbound_drops: QueueDrops::default(),
+            inbound_drops: QueueDrops::default(),
         }
     }
 
@@ -89,7 +118,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tell the loop that control work (deferred output, addresses, shutdown) waits.
+    /// Tell the send thread that control work (deferred output, addresses, shutdown) waits.
     pub fn kick(&self) {
         self.pending.store(true, Ordering::Release);
         self.kick.notify_one();
@@ -105,94 +134,112 @@ pub(super) fn now_ms() -> UnixMillis {
     )
 }
 
-/// Collects decrypted packets into the TUN write batch (written when full and at the end of
-/// each step) and datagrams into the GSO batch.
-struct IoSink<'a, T: TunIo> {
-    tun: &'a T,
-    tun_out: &'a mut PacketBatch,
-    tx: &'a mut TxBatch,
-}
-
-impl<T: TunIo> Sink for IoSink<'_, T> {
-    fn send_datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
-        self.tx.push(to, datagram);
-    }
-    fn write_tun(&mut self, packet: &[u8]) {
-        self.tun_out.push(packet);
-        if self.tun_out.is_full() {
-            self.tun.send_batch(self.tun_out);
-        }
-    }
-}
-
 fn trim_events(engine: &mut Engine) {
     while engine.pending_events() > MAX_EVENTS {
         engine.poll_event();
     }
 }
 
-struct Shell<T: TunIo> {
+/// Microseconds since `epoch`: the fair queues' clock.
+fn micros(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+/// The send thread's sink: datagrams into the GSO batch; the rare packets the engine writes
+/// to the TUN on this path (ICMP unreachable, resets of cut flows) into a small batch.
+struct SendSink<'a> {
+    tx: &'a mut TxBatch,
+    local: &'a mut PacketBatch,
+}
+
+impl Sink for SendSink<'_> {
+    fn send_datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.tx.push(to, datagram);
+    }
+    fn write_tun(&mut self, packet: &[u8]) {
+        self.local.push(packet);
+    }
+}
+
+/// The receive thread's sink: decrypted packets into the inbound queue, datagrams (handshake
+/// responses, packets queued during a handshake) into its GSO batch.
+struct RecvSink<'a> {
+    inbound: &'a mut FairQueue,
+    now_us: u64,
+    tx: &'a mut TxBatch,
+}
+
+impl Sink for RecvSink<'_> {
+    fn send_datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.tx.push(to, datagram);
+    }
+    fn write_tun(&mut self, packet: &[u8]) {
+        self.inbound.enqueue(packet, self.now_us);
+    }
+}
+
+/// TUN -> engine -> UDP, plus control calls and timers.
+pub(super) struct SendLoop<T: TunIo> {
     shared: Arc<Shared>,
-    tun: T,
-    udp: Udp,
+    tun: Arc<T>,
+    udp: Arc<Udp>,
     tun_name: String,
-    rx: RecvBufs,
-    tx: TxBatch,
     tun_in: PacketBatch,
-    tun_out: PacketBatch,
-    fq: FairQueue,
-    /// Origin of the fair queue's microsecond clock.
+    local: PacketBatch,
+    tx: TxBatch,
+    outbound: FairQueue,
     epoch: Instant,
 }
 
-pub(super) async fn run<T: TunIo>(shared: Arc<Shared>, tun: T, udp: Udp, tun_name: String) {
-    let max_gso = udp.max_gso_segments();
-    let mut sh = Shell {
-        shared,
-        tun,
-        udp,
-        tun_name,
-        rx: RecvBufs::new(),
-        tx: TxBatch::new(max_gso),
-        tun_in: PacketBatch::new(TUN_READ_BATCH, TUN_READ_BATCH * 1500),
-        tun_out: PacketBatch::new(TUN_WRITE_BATCH, TUN_WRITE_BATCH * 1500),
-        fq: FairQueue::new(FqConfig::default()),
-        epoch: Instant::now(),
-    };
-    loop {
-        if sh.shared.pending.swap(false, Ordering::AcqRel) && sh.control() {
-            break;
-        }
-        let mut busy = sh.udp_step();
-        busy |= sh.tun_step();
-        sh.send_step();
-        let next_timer = sh.timer_step();
-        if !sh.tun_out.is_empty() {
-            sh.tun.send_batch(&mut sh.tun_out);
-        }
-        if !sh.tx.is_empty() {
-            sh.tx.flush(&sh.udp).await;
-        }
-        if busy || !sh.fq.is_empty() {
-            // More may be waiting: let the runtime refresh readiness, then take another turn.
-            tokio::task::yield_now().await;
-            continue;
-        }
-        let now = now_ms();
-        let wait = next_timer.map_or(MAX_SLEEP_MS, |t| now.until(t).min(MAX_SLEEP_MS));
-        tokio::select! {
-            _ = sh.shared.kick.notified() => {}
-            _ = sh.udp.socket.readable() => {}
-            _ = sh.tun.readable() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+impl<T: TunIo> SendLoop<T> {
+    pub fn new(shared: Arc<Shared>, tun: Arc<T>, udp: Arc<Udp>, tun_name: String) -> Self {
+        let max_gso = udp.max_gso_segments();
+        SendLoop {
+            shared,
+            tun,
+            udp,
+            tun_name,
+            tun_in: PacketBatch::new(TUN_READ_BATCH, TUN_READ_BATCH * 1500),
+            local: PacketBatch::new(64, 64 * 1500),
+            tx: TxBatch::new(max_gso),
+            outbound: FairQueue::new(FqConfig::default()),
+            epoch: Instant::now(),
         }
     }
-    tracing::info!(tun = %sh.tun_name, "data plane stopped");
-}
 
-impl<T: TunIo> Shell<T> {
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+    pub async fn run(mut self) {
+        let mut turns = 0u32;
+        loop {
+            if self.shared.pending.swap(false, Ordering::AcqRel) && self.control() {
+                break;
+            }
+            let more = self.read_tun();
+            self.encrypt();
+            let next_timer = self.timers();
+            if !self.local.is_empty() {
+                self.tun.send_batch(&mut self.local);
+            }
+            self.tx.flush(&self.udp);
+            self.shared.outbound_drops.publish(&self.outbound);
+            if more || !self.outbound.is_empty() {
+                turns += 1;
+                if turns.is_multiple_of(TURNS_PER_YIELD) {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            // The TUN read ended in WouldBlock (readiness cleared): sleep until it has more.
+            let now = now_ms();
+            let wait = next_timer.map_or(MAX_SLEEP_MS, |t| now.until(t).min(MAX_SLEEP_MS));
+            tokio::select! {
+                _ = self.shared.kick.notified() => {}
+                _ = self.tun.readable() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+        }
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.stop.notify_one();
+        tracing::info!(tun = %self.tun_name, "data plane stopped");
     }
 
     /// Deferred output of control calls and new TUN addresses. Returns true on shutdown.
@@ -204,10 +251,7 @@ impl<T: TunIo> Shell<T> {
                 self.tx.push(to, &d);
             }
             for p in st.deferred.tun.drain(..) {
-                self.tun_out.push(&p);
-                if self.tun_out.is_full() {
-                    self.tun.send_batch(&mut self.tun_out);
-                }
+                self.local.push(&p);
             }
             (st.addresses.take(), st.shutdown)
         };
@@ -226,104 +270,193 @@ impl<T: TunIo> Shell<T> {
         false
     }
 
-    /// Up to [`UDP_BUDGET`] received datagrams through the engine (receiving when the last
-    /// batch is used up); the decrypted packets are written as one batch. Returns whether
-    /// anything was processed.
-    fn udp_step(&mut self) -> bool {
-        if self.rx.is_drained() {
-            match self.rx.recv(&self.udp) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive failed");
-                    return false;
-                }
-            }
-        }
-        let now = now_ms();
-        let mut st = self.shared.lock();
-        let mut sink = IoSink {
-            tun: &self.tun,
-            tun_out: &mut self.tun_out,
-            tx: &mut self.tx,
+    /// Drain the TUN into the outbound queue. Returns whether more may be waiting (the read
+    /// stopped at its limit rather than at an empty device).
+    fn read_tun(&mut self) -> bool {
+        let max = if self.outbound.len() < QUEUE_HIGH {
+            TUN_READ_BATCH
+        } else {
+            SEND_BATCH
         };
-        let mut n = 0;
-        while n < UDP_BUDGET {
-            let Some((from, d)) = self.rx.next_datagram() else {
-                break;
-            };
-            st.engine.handle_datagram(now, from, d, &mut sink);
-            n += 1;
-        }
-        trim_events(&mut st.engine);
-        drop(st);
-        self.tun.send_batch(&mut self.tun_out);
-        n > 0
-    }
-
-    /// Drain the TUN into the fair queue. Returns whether anything was read.
-    fn tun_step(&mut self) -> bool {
-        match self.tun.recv_batch(&mut self.tun_in) {
-            Ok(_) => {}
+        let n = match self.tun.recv_batch(&mut self.tun_in, max) {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "TUN read failed");
                 return false;
             }
-        }
-        let now = self.now_us();
+        };
+        let now = micros(self.epoch);
         for p in self.tun_in.iter() {
-            self.fq.enqueue(p, now);
+            self.outbound.enqueue(p, now);
         }
         self.tun_in.clear();
-        true
+        n >= max
     }
 
-    /// Up to [`SEND_BATCH`] packets from the fair queue through the engine.
-    fn send_step(&mut self) {
-        if self.fq.is_empty() {
+    /// Up to [`SEND_BATCH`] packets from the outbound queue through the engine.
+    fn encrypt(&mut self) {
+        if self.outbound.is_empty() {
             return;
         }
-        let (now, now_us) = (now_ms(), self.now_us());
+        let (now, now_us) = (now_ms(), micros(self.epoch));
         let mut st = self.shared.lock();
         let engine = &mut st.engine;
-        let mut sink = IoSink {
-            tun: &self.tun,
-            tun_out: &mut self.tun_out,
+        let mut sink = SendSink {
             tx: &mut self.tx,
+            local: &mut self.local,
         };
         for _ in 0..SEND_BATCH {
             if !self
-                .fq
+                .outbound
                 .dequeue(now_us, |p| engine.handle_tun_packet(now, p, &mut sink))
             {
                 break;
             }
         }
         trim_events(engine);
-        drop(st);
-        let drops = self.fq.drops();
-        self.shared
-            .queue_codel_drops
-            .store(drops.codel, Ordering::Relaxed);
-        self.shared
-            .queue_overflow_drops
-            .store(drops.overflow, Ordering::Relaxed);
     }
 
     /// Run the engine's timers if due; returns when they next are.
-    fn timer_step(&mut self) -> Option<UnixMillis> {
+    fn timers(&mut self) -> Option<UnixMillis> {
         let now = now_ms();
         let mut st = self.shared.lock();
         if st.engine.poll_timeout().is_some_and(|t| t <= now) {
-            let mut sink = IoSink {
-                tun: &self.tun,
-                tun_out: &mut self.tun_out,
+            let mut sink = SendSink {
                 tx: &mut self.tx,
+                local: &mut self.local,
             };
             st.engine.handle_timeout(now, &mut sink);
             trim_events(&mut st.engine);
         }
         st.engine.poll_timeout()
+    }
+}
+
+/// The UDP socket's descriptor for readiness registration (the socket itself is shared).
+struct UdpFd(RawFd);
+
+impl AsRawFd for UdpFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// UDP -> engine -> TUN.
+pub(super) struct RecvLoop<T: TunIo> {
+    shared: Arc<Shared>,
+    tun: Arc<T>,
+    udp: Arc<Udp>,
+    readable: AsyncFd<UdpFd>,
+    rx: RecvBufs,
+    tun_out: PacketBatch,
+    tx: TxBatch,
+    inbound: FairQueue,
+    epoch: Instant,
+}
+
+impl<T: TunIo> RecvLoop<T> {
+    /// Call within the runtime that will run the loop: it registers the socket there.
+    pub fn new(shared: Arc<Shared>, tun: Arc<T>, udp: Arc<Udp>) -> io::Result<Self> {
+        // SAFETY: the descriptor belongs to `udp`, which this loop keeps alive (Arc) for as
+        // long as the registration exists; both are dropped together with the loop.
+        let readable =
+            unsafe { AsyncFd::register_with_interest(UdpFd(udp.as_raw_fd()), Interest::READABLE) }
+                .map_err(io::Error::from)?;
+        let max_gso = udp.max_gso_segments();
+        Ok(RecvLoop {
+            shared,
+            tun,
+            udp,
+            readable,
+            rx: RecvBufs::new(),
+            tun_out: PacketBatch::new(TUN_WRITE_BATCH, TUN_WRITE_BATCH * 1500),
+            tx: TxBatch::new(max_gso),
+            inbound: FairQueue::new(FqConfig::default()),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub async fn run(mut self) {
+        let mut turns = 0u32;
+        while !self.shared.stopped.load(Ordering::Acquire) {
+            let more = self.decrypt();
+            self.write_tun();
+            self.tx.flush(&self.udp);
+            self.shared.inbound_drops.publish(&self.inbound);
+            if more || !self.inbound.is_empty() {
+                turns += 1;
+                if turns.is_multiple_of(TURNS_PER_YIELD) {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.readable.readable() => {}
+                _ = self.shared.stop.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(MAX_SLEEP_MS)) => {}
+            }
+        }
+    }
+
+    /// Received datagrams through the engine into the inbound queue, receiving when the last
+    /// batch is used up. Returns whether more may be waiting (the budget ran out before the
+    /// socket was empty).
+    fn decrypt(&mut self) -> bool {
+        let budget = if self.inbound.len() < QUEUE_HIGH {
+            RECV_BUDGET
+        } else {
+            TUN_WRITE_BATCH
+        };
+        let mut done = 0;
+        while done < budget {
+            if self.rx.is_drained() {
+                let (rx, udp) = (&mut self.rx, &self.udp);
+                match self.readable.try_io(Interest::READABLE, |_| rx.recv(udp)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                        break;
+                    }
+                }
+            }
+            let (now, now_us) = (now_ms(), micros(self.epoch));
+            let mut st = self.shared.lock();
+            let mut sink = RecvSink {
+                inbound: &mut self.inbound,
+                now_us,
+                tx: &mut self.tx,
+            };
+            let mut n = 0;
+            while n < RECV_BATCH {
+                let Some((from, d)) = self.rx.next_datagram() else {
+                    break;
+                };
+                st.engine.handle_datagram(now, from, d, &mut sink);
+                n += 1;
+            }
+            trim_events(&mut st.engine);
+            drop(st);
+            done += n;
+            if n == 0 {
+                break;
+            }
+        }
+        done >= budget
+    }
+
+    /// Up to [`TUN_WRITE_BATCH`] packets from the inbound queue written to the TUN.
+    fn write_tun(&mut self) {
+        let now_us = micros(self.epoch);
+        let out = &mut self.tun_out;
+        for _ in 0..TUN_WRITE_BATCH {
+            if !self.inbound.dequeue(now_us, |p| out.push(p)) {
+                break;
+            }
+        }
+        if !self.tun_out.is_empty() {
+            self.tun.send_batch(&mut self.tun_out);
+        }
     }
 }

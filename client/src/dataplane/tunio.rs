@@ -82,9 +82,9 @@ impl PacketBatch {
 
 /// Batched, non-blocking access to a TUN device.
 pub trait TunIo {
-    /// Append the packets waiting on the device to `batch` until it is full. Returns how many
-    /// were read; `WouldBlock` when none was waiting.
-    fn recv_batch(&self, batch: &mut PacketBatch) -> io::Result<usize>;
+    /// Append up to `max` of the packets waiting on the device to `batch` (fewer if it fills).
+    /// Returns how many were read; `WouldBlock` when none was waiting.
+    fn recv_batch(&self, batch: &mut PacketBatch, max: usize) -> io::Result<usize>;
 
     /// Write the packets of `batch` in order, then empty it. A packet the device refuses is
     /// dropped (and counted in the return value); the others are still written.
@@ -113,9 +113,9 @@ impl PlainTun {
 }
 
 impl TunIo for PlainTun {
-    fn recv_batch(&self, batch: &mut PacketBatch) -> io::Result<usize> {
+    fn recv_batch(&self, batch: &mut PacketBatch, max: usize) -> io::Result<usize> {
         let mut n = 0;
-        while !batch.is_full() {
+        while n < max && !batch.is_full() {
             let r = self.dev.try_io(Interest::READABLE, |d| {
                 batch.push_with(self.max_packet, |buf| d.recv(buf))
             });

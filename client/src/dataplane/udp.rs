@@ -21,8 +21,6 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// Kernel socket buffer sizes. Big enough to absorb a burst while the single data plane task
 /// is busy with the other direction, small enough not to become a deep queue under load.
@@ -33,16 +31,27 @@ pub const SEND_BUFFER: usize = 4 << 20;
 pub const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 const RECV_BUF_LEN: usize = 64 * 1024;
 
+/// How long GSO stays off for a destination whose route refused a GSO batch.
+pub const GSO_RETRY: Duration = Duration::from_secs(10);
+
+/// How long a send waits for socket buffer space before the datagram is dropped.
+const SEND_WAIT_MS: i32 = 100;
+
+/// The socket, usable from several threads: receives are non-blocking (the receiving thread
+/// waits for readiness itself), sends wait briefly for buffer space.
 pub struct Udp {
-    pub socket: UdpSocket,
-    pub state: UdpSocketState,
+    socket: StdUdpSocket,
+    state: UdpSocketState,
     /// Whether the socket is AF_INET6 (IPv4 peers then travel as v4-mapped addresses).
     v6: bool,
     pub local_port: u16,
 }
 
-/// How long GSO stays off for a destination whose route refused a GSO batch.
-pub const GSO_RETRY: Duration = Duration::from_secs(10);
+impl AsRawFd for Udp {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
 
 fn set_int(fd: i32, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: `v` outlives the call and the length matches its type.
@@ -117,7 +126,7 @@ impl Udp {
         let state = UdpSocketState::new((&std_sock).into())?;
         allow_fragmentation(fd, v6)?;
         let local_port = std_sock.local_addr()?.port();
-        let socket = UdpSocket::from_std(std_sock)?;
+        let socket = std_sock;
         tracing::debug!(
             local_port,
             gso_segments = state.max_gso_segments(),
@@ -146,37 +155,40 @@ impl Udp {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
-        self.socket.try_io(Interest::READABLE, || {
-            self.state.recv((&self.socket).into(), bufs, meta)
-        })
+        self.state.recv((&self.socket).into(), bufs, meta)
     }
 
     /// Send `contents`: one datagram, or with `segment` several of `segment` bytes each (the
-    /// last may be shorter) in one GSO call. Waits for socket space if needed.
-    pub async fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<u16>) -> Sent {
+    /// last may be shorter) in one GSO call. When the send buffer is full it waits up to
+    /// [`SEND_WAIT_MS`] for space (backpressure on the sending thread), then drops.
+    pub fn send(&self, to: SocketAddr, contents: &[u8], segment: Option<u16>) -> Sent {
         let addr = SockaddrStorage::from(self.wire_addr(to));
         let iov = [IoSlice::new(contents)];
         let fd = self.socket.as_raw_fd();
+        let gso;
+        let cmsgs: &[ControlMessage<'_>] = match &segment {
+            Some(s) => {
+                gso = [ControlMessage::UdpGsoSegments(s)];
+                &gso
+            }
+            None => &[],
+        };
+        let mut waited = false;
         loop {
-            let r = self.socket.try_io(Interest::WRITABLE, || {
-                let gso;
-                let cmsgs: &[ControlMessage<'_>] = match &segment {
-                    Some(s) => {
-                        gso = [ControlMessage::UdpGsoSegments(s)];
-                        &gso
-                    }
-                    None => &[],
-                };
-                sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&addr)).map_err(io::Error::from)
-            });
-            match r {
+            match sendmsg(fd, &iov, cmsgs, MsgFlags::empty(), Some(&addr)).map_err(io::Error::from)
+            {
                 Ok(_) => return Sent::Done,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.socket.writable().await.is_err() {
-                        return Sent::Done;
-                    }
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => {
+                    waited = true;
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, for the duration of the call.
+                    unsafe { libc::poll(&mut p, 1, SEND_WAIT_MS) };
+                }
                 // EINVAL: segments larger than the route MTU; EIO: the device cannot segment.
                 Err(e)
                     if segment.is_some()
@@ -304,10 +316,6 @@ impl TxBatch {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
-    }
-
     pub fn push(&mut self, to: SocketAddr, d: &[u8]) {
         let start = self.buf.len();
         self.buf.extend_from_slice(d);
@@ -342,11 +350,11 @@ impl TxBatch {
         });
     }
 
-    pub async fn flush(&mut self, udp: &Udp) {
+    pub fn flush(&mut self, udp: &Udp) {
         for run in &self.runs {
             let contents = &self.buf[run.start..run.end];
             let segment = (contents.len() > run.segment).then_some(run.segment as u16);
-            if udp.send(run.to, contents, segment).await == Sent::GsoRefused {
+            if udp.send(run.to, contents, segment) == Sent::GsoRefused {
                 let now = Instant::now();
                 if self.gso_off.len() >= MAX_GSO_OFF {
                     self.gso_off.retain(|_, until| *until > now);
@@ -359,7 +367,7 @@ impl TxBatch {
                     );
                 }
                 for d in contents.chunks(run.segment) {
-                    udp.send(run.to, d, None).await;
+                    udp.send(run.to, d, None);
                 }
             }
         }
