@@ -13,6 +13,7 @@ pub mod engine;
 pub mod filter;
 pub mod flowlog;
 mod fq;
+mod gro;
 mod hsgate;
 pub mod packet;
 mod shell;
@@ -113,7 +114,7 @@ pub fn start_with(
         mtu: cfg.mtu,
         ..engine_cfg
     };
-    let dev = tundev::create(&cfg.tun_name, cfg.mtu)?;
+    let dev = tundev::create(&cfg.tun_name, cfg.mtu, true)?;
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -128,7 +129,7 @@ pub fn start_with(
         // it is dropped, which happens only when the AsyncFd that owns it is dropped.
         let dev = unsafe { AsyncFd::register_with_interest(dev, tokio::io::Interest::READABLE) }
             .map_err(|e| DataPlaneError::Tun(std::io::Error::from(e).into()))?;
-        Arc::new(tunio::PlainTun::new(dev))
+        Arc::new(tunio::VnetTun::new(dev))
     };
     let local_port = udp.local_port;
     let shared = Arc::new(Shared::new(State {

@@ -36,7 +36,8 @@ const SEND_BATCH: usize = 64;
 const RECV_BATCH: usize = 64;
 /// Datagrams decrypted per turn while the inbound queue is short.
 const RECV_BUDGET: usize = 1024;
-/// Decrypted packets written to the TUN per turn.
+/// Decrypted packets written to the TUN per turn (same-flow TCP segments among them become
+/// one write, see [`super::gro`]).
 const TUN_WRITE_BATCH: usize = 64;
 /// Above this many queued packets a direction takes in only as much as it passes on per turn:
 /// draining further would spend reads and decryptions on packets CoDel is about to drop.

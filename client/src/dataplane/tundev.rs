@@ -1,5 +1,5 @@
-//! The TUN device: created with the `tun` crate (non-blocking, no packet-information header;
-//! the place to turn on `IFF_VNET_HDR` offloads later), and its overlay addresses and routes,
+//! The TUN device: created with the `tun` crate (non-blocking, no packet-information header,
+//! optionally `IFF_VNET_HDR`), and its overlay addresses and routes,
 //! set with iproute2 so that 100.64.0.0/10 and the ULA /48 route into the tunnel.
 
 use std::net::IpAddr;
@@ -16,10 +16,14 @@ pub enum TunError {
     Command { cmd: String, stderr: String },
 }
 
-/// Create the TUN device `name` with `mtu`, up, without addresses.
-pub fn create(name: &str, mtu: u16) -> Result<tun::Device, TunError> {
+/// Create the TUN device `name` with `mtu`, up, without addresses; with `vnet_hdr`, every
+/// packet read or written carries a `virtio_net_hdr` (see [`super::tunio::VnetTun`]).
+pub fn create(name: &str, mtu: u16, vnet_hdr: bool) -> Result<tun::Device, TunError> {
     let mut cfg = tun::Configuration::default();
     cfg.tun_name(name).mtu(mtu).up();
+    cfg.platform_config(|p| {
+        p.vnet_hdr(vnet_hdr);
+    });
     let dev = tun::create(&cfg).map_err(|source| TunError::Create {
         name: name.to_string(),
         source,

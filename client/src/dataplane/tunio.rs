@@ -1,10 +1,15 @@
 //! Batched I/O on the TUN device. The shell reads and writes packets in batches through
-//! [`TunIo`], so that an implementation with `IFF_VNET_HDR` offloads can slot in without
-//! touching the shell: its `recv_batch` would read one TSO super-packet and split it into
-//! segments, its `send_batch` would coalesce same-flow segments (userspace GRO) before one
-//! write. [`PlainTun`] is the device without offloads: one packet per `read`/`write`.
+//! [`TunIo`]; how a batch maps to system calls is the implementation's business.
+//!
+//! [`VnetTun`] opens the device with `IFF_VNET_HDR`: its writes coalesce same-flow TCP segments
+//! into super-packets ([`super::gro`]); its reads are one packet each. TSO on the read side
+//! (`TUNSETOFFLOAD`, one `read` returning a 64 KiB super-packet to split) slots into its
+//! `recv_batch`.
 
+use super::gro::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -94,33 +99,59 @@ pub trait TunIo {
     async fn readable(&self) -> io::Result<()>;
 }
 
-/// A TUN device without offloads: every packet is one `read` or `write`.
-pub struct PlainTun {
+/// A TUN device opened with `IFF_VNET_HDR`: every read and write carries a `virtio_net_hdr`.
+pub struct VnetTun {
     dev: AsyncFd<tun::Device>,
-    /// Read buffer per packet: a read into a smaller buffer than the packet truncates it.
-    max_packet: usize,
+    gro: Mutex<Coalescer>,
 }
 
-impl PlainTun {
-    /// `dev` must be non-blocking and registered for readability. Reads take up to 64 KiB, so
-    /// that a packet is never truncated even if someone raises the device MTU.
+impl VnetTun {
+    /// `dev` must be non-blocking, opened with `IFF_VNET_HDR`, and registered for readability.
     pub fn new(dev: AsyncFd<tun::Device>) -> Self {
-        PlainTun {
+        VnetTun {
             dev,
-            max_packet: 65_535,
+            gro: Mutex::new(Coalescer::default()),
         }
+    }
+
+    /// One `readv` of header and packet.
+    fn read_one(&self, hdr: &mut [u8; VNET_HDR_LEN], buf: &mut [u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: both iovecs point into live, writable buffers of the stated lengths.
+        let n = unsafe { libc::readv(self.dev.get_ref().as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = (n as usize).saturating_sub(VNET_HDR_LEN);
+        if !gro::finish_read(&VnetHdr::read(hdr), &mut buf[..n]) {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        Ok(n)
     }
 }
 
-impl TunIo for PlainTun {
+impl TunIo for VnetTun {
     fn recv_batch(&self, batch: &mut PacketBatch, max: usize) -> io::Result<usize> {
         let mut n = 0;
+        let mut hdr = [0u8; VNET_HDR_LEN];
         while n < max && !batch.is_full() {
-            let r = self.dev.try_io(Interest::READABLE, |d| {
-                batch.push_with(self.max_packet, |buf| d.recv(buf))
+            let r = self.dev.try_io(Interest::READABLE, |_| {
+                batch.push_with(65_535, |buf| self.read_one(&mut hdr, buf))
             });
             match r {
                 Ok(_) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::debug!("TUN handed out a packet we cannot take; dropped");
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break,
                 Err(e) => return Err(e),
             }
@@ -129,19 +160,23 @@ impl TunIo for PlainTun {
     }
 
     fn send_batch(&self, batch: &mut PacketBatch) -> usize {
+        let mut gro = self.gro.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
-        for p in batch.iter() {
-            if let Err(e) = self.dev.get_ref().send(p) {
+        let mut write = |w: &[u8]| {
+            if let Err(e) = self.dev.get_ref().send(w) {
                 dropped += 1;
                 tracing::trace!(error = %e, "TUN write failed");
             }
+        };
+        for p in batch.iter() {
+            gro.push(p, &mut write);
         }
+        gro.flush(&mut write);
         batch.clear();
         dropped
     }
 
     async fn readable(&self) -> io::Result<()> {
-        // Only a hint: the next `recv_batch` clears the readiness when the device is empty.
         self.dev.readable().await.map(|_| ())
     }
 }
