@@ -11,6 +11,8 @@
 //! checksum field, as offloading NICs deliver them. (The segments' integrity is already
 //! guaranteed by WireGuard's AEAD.)
 
+use super::packet::{checksum_add, checksum_fold};
+
 /// `sizeof(struct virtio_net_hdr)`, the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
@@ -131,32 +133,10 @@ fn same_flow(p: &[u8], ps: &Seg, q: &[u8], qs: &Seg) -> bool {
         && p[t + 18..ps.hdr] == q[t + 18..qs.hdr]
 }
 
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 /// The TCP pseudo-header sum (folded, not complemented) for a segment of `tcp_len` bytes.
 fn pseudo_sum(p: &[u8], v6: bool, tcp_len: usize) -> u16 {
-    let acc = if v6 {
-        sum16(&p[8..40], 6 + tcp_len as u32)
-    } else {
-        sum16(&p[12..20], 6 + tcp_len as u32)
-    };
-    fold(acc)
+    let addrs = if v6 { &p[8..40] } else { &p[12..20] };
+    !checksum_fold(checksum_add(6 + tcp_len as u32, addrs))
 }
 
 /// Builds the writes for a batch of packets: each call to [`Coalescer::push`] may emit a
@@ -238,7 +218,7 @@ impl Coalescer {
             } else {
                 pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
                 pkt[10..12].copy_from_slice(&[0, 0]);
-                let c = !fold(sum16(&pkt[..20], 0));
+                let c = checksum_fold(checksum_add(0, &pkt[..20]));
                 pkt[10..12].copy_from_slice(&c.to_be_bytes());
             }
             let ps = pseudo_sum(pkt, s.v6, total - s.ip);
@@ -277,7 +257,7 @@ pub fn finish_read(hdr: &VnetHdr, pkt: &mut [u8]) -> bool {
             return false;
         }
         // The field holds the pseudo-header sum; add the data and complement.
-        let c = !fold(sum16(&pkt[start..], 0));
+        let c = checksum_fold(checksum_add(0, &pkt[start..]));
         pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
     true
@@ -362,22 +342,27 @@ mod tests {
             let pkt = &out[0][VNET_HDR_LEN..];
             if !v6 {
                 assert_eq!(usize::from(be16(pkt, 2)), pkt.len());
-                assert_eq!(fold(sum16(&pkt[..20], 0)), 0xffff, "IPv4 header checksum");
+                assert_eq!(
+                    checksum_fold(checksum_add(0, &pkt[..20])),
+                    0,
+                    "IPv4 header checksum"
+                );
             } else {
                 assert_eq!(usize::from(be16(pkt, 4)) + 40, pkt.len());
             }
             // Completing the checksum as the kernel would gives a valid TCP checksum.
             let mut full = pkt.to_vec();
             let ip = if v6 { 40 } else { 20 };
-            let c = !fold(sum16(&full[ip..], 0));
+            let c = checksum_fold(checksum_add(0, &full[ip..]));
             full[ip + 16..ip + 18].copy_from_slice(&c.to_be_bytes());
             let tcp_len = full.len() - ip;
-            let pseudo = if v6 {
-                sum16(&full[8..40], 6 + tcp_len as u32)
-            } else {
-                sum16(&full[12..20], 6 + tcp_len as u32)
-            };
-            assert_eq!(fold(sum16(&full[ip..], pseudo)), 0xffff, "TCP checksum");
+            let addrs = if v6 { &full[8..40] } else { &full[12..20] };
+            let pseudo = checksum_add(6 + tcp_len as u32, addrs);
+            assert_eq!(
+                checksum_fold(checksum_add(pseudo, &full[ip..])),
+                0,
+                "TCP checksum"
+            );
             assert_eq!(pkt[ip + 13] & TCP_PSH, TCP_PSH);
             let segs = resegment(&out[0]);
             let expect: Vec<_> = pkts

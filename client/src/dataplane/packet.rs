@@ -284,8 +284,8 @@ fn parse_inner(pkt: &[u8], lenient: bool) -> Result<Parsed, ParseError> {
     Ok(p)
 }
 
-/// Internet checksum over `data`, folded, starting from `sum`.
-fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
+/// Internet checksum: add `data` (as big-endian 16-bit words) to the running `sum`.
+pub(super) fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -296,7 +296,8 @@ fn checksum_add(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-fn checksum_fold(mut sum: u32) -> u16 {
+/// Fold a running sum to 16 bits and complement it: the checksum field's value.
+pub(super) fn checksum_fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

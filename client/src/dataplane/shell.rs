@@ -141,6 +141,15 @@ fn trim_events(engine: &mut Engine) {
     }
 }
 
+/// Account a turn that found more work: every [`TURNS_PER_YIELD`]th yields to the runtime
+/// (which refreshes readiness and timers); the others go straight on.
+async fn busy_turn(turns: &mut u32) {
+    *turns = turns.wrapping_add(1);
+    if turns.is_multiple_of(TURNS_PER_YIELD) {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Microseconds since `epoch`: the fair queues' clock.
 fn micros(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
@@ -223,10 +232,7 @@ impl<T: TunIo> SendLoop<T> {
             self.tx.flush(&self.udp);
             self.shared.outbound_drops.publish(&self.outbound);
             if more || !self.outbound.is_empty() {
-                turns += 1;
-                if turns.is_multiple_of(TURNS_PER_YIELD) {
-                    tokio::task::yield_now().await;
-                }
+                busy_turn(&mut turns).await;
                 continue;
             }
             // The TUN read ended in WouldBlock (readiness cleared): sleep until it has more.
@@ -386,10 +392,7 @@ impl<T: TunIo> RecvLoop<T> {
             self.tx.flush(&self.udp);
             self.shared.inbound_drops.publish(&self.inbound);
             if more || !self.inbound.is_empty() {
-                turns += 1;
-                if turns.is_multiple_of(TURNS_PER_YIELD) {
-                    tokio::task::yield_now().await;
-                }
+                busy_turn(&mut turns).await;
                 continue;
             }
             tokio::select! {
