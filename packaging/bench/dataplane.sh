@@ -105,14 +105,16 @@ for ns in $(ip netns list | awk '{print $1}' | grep '^ztbench-' || true); do
   [ -d "/proc/$pid" ] || ip netns del "$ns" 2>/dev/null || true
 done
 
-# The harness, release build.
-ZTDP_BIN=${ZTDP_BIN:-$ROOT/target/release/ztmesh-dp-test}
+# The harness, release build of the checked-out tree (cargo rebuilds only what changed, so a
+# stale binary is never measured), unless ZTDP_BIN names one.
 case " $IMPLS " in *" ztmesh "*)
-  if [ ! -x "$ZTDP_BIN" ]; then
+  if [ -z "${ZTDP_BIN:-}" ]; then
     log "building ztmesh-dp-test (release)"
     (cd "$ROOT" && cargo build --release -q -p ztmesh-client --bin ztmesh-dp-test)
   fi ;;
 esac
+ZTDP_BIN=${ZTDP_BIN:-$ROOT/target/release/ztmesh-dp-test}
+[ "$IMPLS" = "${IMPLS/ztmesh/}" ] || [ -x "$ZTDP_BIN" ] || { echo "no harness at $ZTDP_BIN" >&2; exit 1; }
 
 {
   echo "date: $(date -Is)"; echo "kernel: $(uname -r)"; echo "cpus: $(nproc)"
@@ -200,6 +202,9 @@ round() { # impl round
   iperf "r${r}_${impl}_tcp4" "$dst" -P 4
   iperf "r${r}_${impl}_udp" "$dst" -u -b 0 -l "$len"
   [ "$impl" != raw ] && tunnel_down
+  if grep -l panicked "$RAW/r${r}_${impl}"_*.log >/dev/null 2>&1; then
+    fail "round $r: a $impl daemon panicked (see $RAW/r${r}_${impl}_*.log)"
+  fi
   log "round $r $impl done"
 }
 
