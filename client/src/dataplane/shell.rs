@@ -36,7 +36,7 @@ const SEND_BATCH: usize = 64;
 const RECV_BATCH: usize = 64;
 /// Datagrams decrypted per turn while the inbound queue is short. Small, because a packet
 /// decrypted early in a turn waits for the rest of the turn's decryptions before its TUN
-/// write: with 1024, a ping behind a bulk transfer waited several milliseconds per turn.
+/// write (about 3 µs each).
 const RECV_BUDGET: usize = 128;
 /// Decrypted packets written to the TUN per turn (same-flow TCP segments among them become
 /// one write, see [`super::gro`]).
@@ -366,6 +366,8 @@ pub(super) struct RecvLoop<T: TunIo> {
     tx: TxBatch,
     inbound: FairQueue,
     epoch: Instant,
+    /// When the datagrams in `rx` were received (the fair queues' clock).
+    received_us: u64,
 }
 
 impl<T: TunIo> RecvLoop<T> {
@@ -390,6 +392,7 @@ impl<T: TunIo> RecvLoop<T> {
                 ..FqConfig::default()
             }),
             epoch: Instant::now(),
+            received_us: 0,
         })
     }
 
@@ -426,7 +429,7 @@ impl<T: TunIo> RecvLoop<T> {
             if self.rx.is_drained() {
                 let (rx, udp) = (&mut self.rx, &self.udp);
                 match self.readable.try_io(Interest::READABLE, |_| rx.recv(udp)) {
-                    Ok(_) => {}
+                    Ok(_) => self.received_us = micros(self.epoch),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "UDP receive failed");
@@ -434,11 +437,13 @@ impl<T: TunIo> RecvLoop<T> {
                     }
                 }
             }
-            let (now, now_us) = (now_ms(), micros(self.epoch));
+            let now = now_ms();
             let mut st = self.shared.lock();
             let mut sink = RecvSink {
                 inbound: &mut self.inbound,
-                now_us,
+                // CoDel's clock starts at the receive: a batch of GRO buffers holds up to
+                // ~1,400 datagrams, and their wait for decryption is queueing delay too.
+                now_us: self.received_us,
                 tx: &mut self.tx,
             };
             let mut n = 0;
