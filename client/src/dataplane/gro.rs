@@ -11,7 +11,7 @@
 //! checksum field, as offloading NICs deliver them. (The segments' integrity is already
 //! guaranteed by WireGuard's AEAD.)
 
-use super::packet::{checksum_add, checksum_fold};
+use super::packet::{checksum_add, checksum_fold, TCP_ACK, TCP_PSH};
 
 /// `sizeof(struct virtio_net_hdr)`, the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
@@ -19,8 +19,6 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 /// Largest IP packet (IPv4 total length, IPv6 payload length plus header).
 const MAX_SUPER: usize = 65_535;
 
