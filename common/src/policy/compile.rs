@@ -490,10 +490,7 @@ impl Builder<'_> {
                 .then_with(|| cmp_lists(&a.src, &b.src))
                 .then_with(|| cmp_lists(&a.ports, &b.ports))
         });
-        // Rules that differ only in ports become one.
-        filter.sort_by(|a, b| {
-            (&a.dst, &a.protos, &a.src, &a.ports).cmp(&(&b.dst, &b.protos, &b.src, &b.ports))
-        });
+        // Rules that differ only in ports (neighbours in this order) become one.
         let mut merged: Vec<ViewRule> = Vec::with_capacity(filter.len());
         for f in filter {
             match merged.last_mut() {
