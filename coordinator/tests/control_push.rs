@@ -39,6 +39,15 @@ fn fw() -> ztmesh_common::posture::PostureAttrs {
 }
 
 /// `Renew` with this WireGuard key and a passing posture.
+/// Whether the audit log holds a record of `action` with `decision` whose reason contains `reason`.
+fn audited(h: &Harness, action: &str, decision: Decision, reason: &str) -> bool {
+    h.store
+        .audit_records()
+        .unwrap()
+        .iter()
+        .any(|r| r.action == action && r.decision == decision && r.reason.contains(reason))
+}
+
 async fn send_renew(d: &mut Device, wg_public_key: WgPublicKey) {
     d.client
         .send(&ClientMsg::Renew(RenewRequest {
@@ -109,12 +118,7 @@ async fn revocation_reaches_the_device_and_its_peers_within_a_second() {
     // Durable, audited, and the device cannot come back.
     let dev = h.store.get_device(b.node).unwrap().unwrap();
     assert!(dev.revoked);
-    assert!(h
-        .store
-        .audit_records()
-        .unwrap()
-        .iter()
-        .any(|r| r.action == "revocation" && r.decision == Decision::Deny));
+    assert!(audited(&h, "revocation", Decision::Deny, ""));
     let key = h.preauth(&["tag:b"], false);
     b.client
         .send(&ClientMsg::Login(login_request(
@@ -161,13 +165,7 @@ async fn expiry_removes_the_node_everywhere_within_a_second() {
     }
     // The audit record follows the push (the push is not held up by the store).
     let deadline = Instant::now() + ONE_SECOND;
-    while !h
-        .store
-        .audit_records()
-        .unwrap()
-        .iter()
-        .any(|r| r.action == "expiry")
-    {
+    while !audited(&h, "expiry", Decision::Deny, "") {
         assert!(Instant::now() < deadline, "expiry audited");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -349,14 +347,12 @@ async fn a_device_silent_past_its_posture_interval_is_revoked_and_peers_told() {
     assert!(state(a.node).admitted, "the reporting device stays");
     assert!(!state(b.node).admitted && !state(b.node).revoked);
     assert!(state(b.node).posture_failures[0].contains("no posture report"));
-    assert!(h
-        .store
-        .audit_records()
-        .unwrap()
-        .iter()
-        .any(|r| r.action == "revocation"
-            && r.decision == Decision::Deny
-            && r.reason.contains("no posture report")));
+    assert!(audited(
+        &h,
+        "revocation",
+        Decision::Deny,
+        "no posture report"
+    ));
     // Not the durable revoked flag: a fresh login with a fresh report brings it back.
     login_again(&mut b).await;
 }
@@ -384,14 +380,7 @@ async fn a_renewal_that_keeps_the_wireguard_key_is_refused_and_the_credential_st
     let b_row = devs.iter().find(|d| d.id == b.node).unwrap();
     assert!(b_row.admitted);
     assert_eq!(b_row.credential_expires_at, Some(b.credential.expires_at));
-    assert!(h
-        .store
-        .audit_records()
-        .unwrap()
-        .iter()
-        .any(|r| r.action == "renewal"
-            && r.decision == Decision::Deny
-            && r.reason.contains("new WireGuard key")));
+    assert!(audited(&h, "renewal", Decision::Deny, "new WireGuard key"));
     // A renewal with a new key goes through on the same connection.
     let new_key = WgPublicKey(rand::random());
     send_renew(&mut b, new_key).await;
