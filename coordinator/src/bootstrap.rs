@@ -22,17 +22,28 @@ pub const PUBLIC_ADDR_FILE: &str = "public-addr";
 /// The HTTP listener's address, recorded at every `serve` start so the admin CLI finds it.
 pub const HTTP_ADDR_FILE: &str = "http-addr";
 pub const DB_DIR: &str = "db";
+/// Locked by the running `serve` (see [`lock`]).
+pub const LOCK_FILE: &str = "serve.lock";
 
 /// Prefix of the admin token, so a leaked one is recognisable in scanners.
 const ADMIN_TOKEN_PREFIX: &str = "ztm_admin_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a `source`: printed once, not twice by
+    // error-chain printers.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "another ztmesh-coordinator is using the data directory {path}: stop it first, or give \
+         this one its own --data-dir"
+    )]
+    InUse { path: PathBuf },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
     #[error("certificate generation: {0}")]
@@ -40,9 +51,9 @@ pub enum BootstrapError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
-    move |source| BootstrapError::Io {
+    move |error| BootstrapError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -114,12 +125,49 @@ pub fn new_token(prefix: &str) -> String {
     )
 }
 
+/// Create the data directory (0700) if it is missing.
+fn create_dir(dir: &Path) -> Result<(), BootstrapError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(BootstrapError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// Held by a running `serve` for its data directory: a second coordinator on the same
+/// directory is refused before it touches anything (keys, recorded addresses, the store).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Take the data directory for this process (creating it if missing).
+pub fn lock(dir: &Path) -> Result<DirLock, BootstrapError> {
+    create_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(BootstrapError::InUse {
+            path: dir.to_owned(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
 /// Create the data directory (0700) and whatever of the secrets is missing; load the rest.
 /// `public_host` goes into the certificate's subject alternative names when it is made.
 /// Returns the identity and whether anything was created.
 pub fn init(dir: &Path, public_host: &str) -> Result<(Identity, bool), BootstrapError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    create_dir(dir)?;
     let mut created = false;
 
     let key_path = dir.join(SIGNING_KEY_FILE);

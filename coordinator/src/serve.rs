@@ -97,6 +97,8 @@ fn local_url(bound: SocketAddr, mode: HttpMode) -> String {
 /// Run the coordinator until `shutdown` resolves.
 pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let dir = &cfg.data_dir;
+    // Before anything is written: a second `serve` on this directory must change nothing.
+    let _lock = bootstrap::lock(dir)?;
     let (ident, created) =
         bootstrap::init(dir, host_of(&cfg.public_addr)).context("preparing the data directory")?;
     let join_url = bootstrap::join_url(&cfg.public_addr, &ident.cert_der);

@@ -456,3 +456,74 @@ async fn a_configured_http_certificate_is_served_and_pinned_by_the_local_cli() {
     let users = srv.json(&["users", "list", "--json"]);
     assert!(users.as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_the_same_data_dir_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let srv = Server::start(&dir, None).await;
+    let join_url = srv.ok(&["join-url"]);
+    let recorded = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let before: Vec<String> = ["public-addr", "http-url", "control-addr"]
+        .iter()
+        .map(|f| recorded(f))
+        .collect();
+
+    let second = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--control-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--public-addr", "127.0.0.1:17444"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("another ztmesh-coordinator is using the data directory"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("another ztmesh-coordinator").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(!String::from_utf8_lossy(&second.stdout).contains("join URL"));
+
+    // The running coordinator's recorded facts are untouched and it still answers.
+    let after: Vec<String> = ["public-addr", "http-url", "control-addr"]
+        .iter()
+        .map(|f| recorded(f))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(srv.ok(&["join-url"]), join_url);
+    assert!(srv.json(&["devices", "list", "--json"]).is_array());
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("data");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&file)
+        .args([
+            "--control-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is not a directory"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+}
