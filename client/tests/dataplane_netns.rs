@@ -8,6 +8,9 @@
 //! - a 1280-byte underlay (IPv4 and IPv6) under the default overlay MTU: TCP both families.
 //! - interop: a ztmesh data plane and a stock `boringtun-cli` configured with `wg`, ping and
 //!   TCP both ways.
+//! - a TUN device deleted under a running data plane stops it with a clear error.
+//!
+//! Every test fails when a process it started printed `panicked` (checked when its lab ends).
 
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
@@ -15,7 +18,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use x25519_dalek::{PublicKey, StaticSecret};
 use ztmesh_common::addr::{host_nets, overlay_addrs};
@@ -61,28 +65,45 @@ fn clean_stale() {
     }
 }
 
-/// A running process whose stdout lines arrive on a channel; killed on drop.
+/// A running process whose stdout lines arrive on a channel; killed on drop. Its stderr is
+/// passed on to the test's; both are kept in `log` for the panic check.
 struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     name: String,
+    log: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Proc {
     fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let stdin = child.stdin.take();
+        let log = Arc::new(Mutex::new(String::new()));
+        let keep = |log: &Arc<Mutex<String>>, line: &str| {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(line);
+            log.push('\n');
+        };
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let out_log = log.clone();
+        let out = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                keep(&out_log, &line);
+                let _ = tx.send(line);
+            }
+        });
+        let (err_log, tag) = (log.clone(), name.to_string());
+        let err = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                keep(&err_log, &line);
             }
         });
         Proc {
@@ -90,7 +111,21 @@ impl Proc {
             stdin,
             lines: rx,
             name: name.to_string(),
+            log,
+            readers: vec![out, err],
         }
+    }
+
+    /// Kill the process and return everything it printed.
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The pipes close with the process; a descendant holding them must not hang the test.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The next line starting with `prefix` within `timeout`.
@@ -222,9 +257,24 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        let panics: Vec<String> = self
+            .procs
+            .iter_mut()
+            .flat_map(|p| {
+                let log = p.stop();
+                let name = p.name.clone();
+                log.lines()
+                    .filter(|l| l.contains("panicked"))
+                    .map(move |l| format!("{name}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         self.procs.clear();
         for n in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("a process of the test panicked:\n{}", panics.join("\n"));
         }
     }
 }
@@ -633,4 +683,66 @@ fn interoperates_with_stock_boringtun_cli() {
         "TCP6 ztmesh -> boringtun"
     );
     let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifc}.sock"));
+}
+
+/// The panic check itself: a process that prints `panicked` fails the test that started it.
+#[test]
+fn a_process_that_panicked_fails_its_test() {
+    let r = std::panic::catch_unwind(|| {
+        let mut lab = Lab::new(&[]);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo \"thread 'dp-rx' panicked at shell.rs:1:1\" >&2"]);
+        let mut p = Proc::spawn("panicker", cmd);
+        let _ = p.child.wait();
+        lab.procs.push(p);
+    });
+    let msg = r.expect_err("the lab must fail the test");
+    let msg = msg.downcast_ref::<String>().expect("a panic message");
+    assert!(msg.contains("panicker: thread 'dp-rx' panicked"), "{msg}");
+}
+
+#[test]
+fn a_deleted_tun_device_stops_the_data_plane_with_a_clear_error() {
+    let mut lab = Lab::new(&["g"]);
+    let now = unix_now();
+    let key = SigningKey::from_bytes(&rand::random());
+    let a = Node::new(1, "198.18.202.1:51820", now);
+    let tun = format!("zt{}g", std::process::id() % 100_000);
+    let i = start_dp(&mut lab, 0, &tun, &a, &key, &netmap(&key, 1, &[], vec![]));
+    let ns = lab.ns[0].clone();
+    sh(&["ip", "-n", &ns, "link", "del", &tun]);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        lab.procs[i].send("status");
+        let status = lab.procs[i].expect("{", Duration::from_secs(5));
+        if status.contains("\"failure\"") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let failure = status["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(&format!("TUN device {tun} is gone")),
+        "status after the TUN was deleted: {status}"
+    );
+
+    // Both I/O threads ended: nothing is left to spin on the dead descriptor.
+    let tasks = format!("/proc/{}/task", lab.procs[i].child.id());
+    let io_threads = || {
+        std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.starts_with("dp-tx") || c.starts_with("dp-rx"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while io_threads() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "data plane threads still run after the TUN device is gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

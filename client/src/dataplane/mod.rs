@@ -64,6 +64,9 @@ pub struct DataPlaneStatus {
     pub engine: EngineStatus,
     /// Packets the fair queues dropped, per direction.
     pub queues: QueuesStatus,
+    /// Why the data plane stopped on its own (its TUN device went away), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -235,6 +238,12 @@ impl DataPlane {
                 outbound: (&self.shared.outbound_drops).into(),
                 inbound: (&self.shared.inbound_drops).into(),
             },
+            failure: self
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

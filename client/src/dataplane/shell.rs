@@ -54,6 +54,10 @@ const TURNS_PER_YIELD: u32 = 32;
 const MAX_EVENTS: usize = 1024;
 /// Longest sleep without a timer (the loop re-reads the engine's next timer after it).
 const MAX_SLEEP_MS: u64 = 1_000;
+/// Pause after the first failed TUN read of a streak; it doubles up to [`TUN_RETRY_MAX`]
+/// while reads keep failing (the device stays readable, so waiting on it would spin).
+const TUN_RETRY_MIN: Duration = Duration::from_millis(1);
+const TUN_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Outputs of control calls (made from other threads), flushed by the send thread.
 #[derive(Default)]
@@ -105,6 +109,8 @@ pub(super) struct Shared {
     pub stop: Notify,
     pub outbound_drops: QueueDrops,
     pub inbound_drops: QueueDrops,
+    /// Why the data plane stopped on its own, if it did.
+    pub failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -117,6 +123,7 @@ impl Shared {
             stop: Notify::new(),
             outbound_drops: QueueDrops::default(),
             inbound_drops: QueueDrops::default(),
+            failure: Mutex::new(None),
         }
     }
 
@@ -154,6 +161,20 @@ async fn busy_turn(turns: &mut u32) {
     if turns.is_multiple_of(TURNS_PER_YIELD) {
         tokio::task::yield_now().await;
     }
+}
+
+/// Whether a TUN read error means the device is gone (deleted, or the descriptor detached
+/// from it) rather than a passing fault.
+fn tun_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD | libc::EBADF | libc::ENODEV | libc::ENXIO)
+    )
+}
+
+/// The pause before the next TUN read after one more failure.
+fn next_retry(pause: Option<Duration>) -> Duration {
+    pause.map_or(TUN_RETRY_MIN, |p| (p * 2).min(TUN_RETRY_MAX))
 }
 
 /// Microseconds since `epoch`: the fair queues' clock.
@@ -205,6 +226,20 @@ pub(super) struct SendLoop<T: TunIo> {
     tx: TxBatch,
     outbound: FairQueue,
     epoch: Instant,
+    /// TUN reads dropped as malformed, not yet added to the engine's counters.
+    malformed: u64,
+    /// Set while TUN reads fail: the pause before the next read.
+    retry: Option<Duration>,
+}
+
+/// The TUN device went away: the data plane cannot go on.
+struct TunGone(io::Error);
+
+impl TunGone {
+    /// A failed probe: `Some` when it says the device is gone.
+    fn from_probe(e: io::Error) -> Option<TunGone> {
+        tun_gone(&e).then_some(TunGone(e))
+    }
 }
 
 impl<T: TunIo> SendLoop<T> {
@@ -220,6 +255,8 @@ impl<T: TunIo> SendLoop<T> {
             tx: TxBatch::new(max_gso),
             outbound: FairQueue::new(FqConfig::default()),
             epoch: Instant::now(),
+            malformed: 0,
+            retry: None,
         }
     }
 
@@ -229,7 +266,13 @@ impl<T: TunIo> SendLoop<T> {
             if self.shared.pending.swap(false, Ordering::AcqRel) && self.control() {
                 break;
             }
-            let more = self.read_tun();
+            let more = match self.read_tun() {
+                Ok(more) => more,
+                Err(gone) => {
+                    self.fail(gone);
+                    break;
+                }
+            };
             self.encrypt();
             let next_timer = self.timers();
             if !self.local.is_empty() {
@@ -244,15 +287,42 @@ impl<T: TunIo> SendLoop<T> {
             // The TUN read ended in WouldBlock (readiness cleared): sleep until it has more.
             let now = now_ms();
             let wait = next_timer.map_or(MAX_SLEEP_MS, |t| now.until(t).min(MAX_SLEEP_MS));
-            tokio::select! {
-                _ = self.shared.kick.notified() => {}
-                _ = self.tun.readable() => {}
-                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            let wait = Duration::from_millis(wait);
+            if let Some(pause) = self.retry {
+                tokio::select! {
+                    _ = self.shared.kick.notified() => {}
+                    _ = tokio::time::sleep(pause.min(wait)) => {}
+                }
+                continue;
+            }
+            let idle = tokio::select! {
+                _ = self.shared.kick.notified() => false,
+                _ = self.tun.readable() => false,
+                _ = tokio::time::sleep(wait) => true,
+            };
+            // Quiet for a while: make sure the device is still there (its deletion may have
+            // woken nobody).
+            if idle {
+                if let Some(gone) = self.tun.probe().err().and_then(TunGone::from_probe) {
+                    self.fail(gone);
+                    break;
+                }
             }
         }
         self.shared.stopped.store(true, Ordering::Release);
         self.shared.stop.notify_one();
         tracing::info!(tun = %self.tun_name, "data plane stopped");
+    }
+
+    /// Record why the data plane stops on its own.
+    fn fail(&self, TunGone(e): TunGone) {
+        let why = format!("TUN device {} is gone: {e}", self.tun_name);
+        tracing::error!("{why}; the data plane stops");
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     /// Deferred output of control calls and new TUN addresses. Returns true on shutdown.
@@ -284,27 +354,37 @@ impl<T: TunIo> SendLoop<T> {
     }
 
     /// Drain the TUN into the outbound queue. Returns whether more may be waiting (the read
-    /// stopped at its limit rather than at an empty device).
-    fn read_tun(&mut self) -> bool {
+    /// stopped at its limit rather than at an empty device). A failed read is logged once
+    /// per streak and sets [`Self::retry`]; a device that is gone ends the loop.
+    fn read_tun(&mut self) -> Result<bool, TunGone> {
         let max = if self.outbound.len() < QUEUE_HIGH {
             TUN_READ_BATCH
         } else {
             SEND_BATCH
         };
-        let n = match self.tun.recv_batch(&mut self.tun_in, max) {
+        let read = self.tun.recv_batch(&mut self.tun_in, max);
+        self.malformed += self.tun.take_malformed();
+        let n = match read {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if tun_gone(&e) => return Err(TunGone(e)),
             Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed");
-                return false;
+                if self.retry.is_none() {
+                    tracing::warn!(error = %e, "TUN read failed; retrying with back-off");
+                }
+                self.retry = Some(next_retry(self.retry));
+                return Ok(false);
             }
         };
+        if self.retry.take().is_some() {
+            tracing::info!("TUN reads work again");
+        }
         let now = micros(self.epoch);
         for p in self.tun_in.iter() {
             self.outbound.enqueue(p, now);
         }
         self.tun_in.clear();
-        n >= max
+        Ok(n >= max)
     }
 
     /// Up to [`SEND_BATCH`] packets from the outbound queue through the engine.
@@ -334,6 +414,7 @@ impl<T: TunIo> SendLoop<T> {
     fn timers(&mut self) -> Option<UnixMillis> {
         let now = now_ms();
         let mut st = self.shared.lock();
+        st.engine.counters.tun_dropped_malformed += std::mem::take(&mut self.malformed);
         if st.engine.poll_timeout().is_some_and(|t| t <= now) {
             let mut sink = SendSink {
                 tx: &mut self.tx,
@@ -503,6 +584,20 @@ mod tests {
         .unwrap();
         buf.truncate(n);
         buf
+    }
+
+    /// Failing TUN reads are retried ever more slowly, but at least once a second.
+    #[test]
+    fn tun_read_retries_back_off_within_bounds() {
+        let mut pause = None;
+        let pauses: Vec<Duration> = (0..16).map(|_| *pause.insert(next_retry(pause))).collect();
+        assert_eq!(pauses[0], TUN_RETRY_MIN);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert!(pauses[1] > pauses[0]);
+        assert_eq!(pauses[15], TUN_RETRY_MAX);
+        assert!(!tun_gone(&io::ErrorKind::WouldBlock.into()));
+        assert!(!tun_gone(&io::Error::from_raw_os_error(libc::EIO)));
+        assert!(tun_gone(&io::Error::from_raw_os_error(libc::EBADFD)));
     }
 
     /// Four bulk TCP flows arrive interleaved (as their datagrams do); one turn's worth of

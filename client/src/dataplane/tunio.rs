@@ -9,6 +9,7 @@
 use super::gro::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -97,12 +98,32 @@ pub trait TunIo {
 
     /// Wait until the device may have packets to read.
     async fn readable(&self) -> io::Result<()>;
+
+    /// Reads dropped as malformed since the last call.
+    fn take_malformed(&self) -> u64;
+
+    /// Whether the device still exists: an error when the descriptor lost it. Needed
+    /// because a deletion may wake no reader (the wake-up can come before the detach, and
+    /// the read then finds nothing and clears readiness).
+    fn probe(&self) -> io::Result<()>;
+}
+
+/// `TUNGETIFF` (`_IOR('T', 210, unsigned int)`), not in the libc crate: fails with `EBADFD`
+/// once the device is gone.
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+
+/// Length of the packet in a read of `read` bytes (header included), or `None` when the read
+/// holds no packet: shorter than the header, or only the header.
+fn packet_len(read: usize) -> Option<usize> {
+    read.checked_sub(VNET_HDR_LEN).filter(|&n| n > 0)
 }
 
 /// A TUN device opened with `IFF_VNET_HDR`: every read and write carries a `virtio_net_hdr`.
 pub struct VnetTun {
     dev: AsyncFd<tun::Device>,
     gro: Mutex<Coalescer>,
+    /// Reads dropped because they held no packet we can take.
+    malformed: AtomicU64,
 }
 
 impl VnetTun {
@@ -111,6 +132,7 @@ impl VnetTun {
         VnetTun {
             dev,
             gro: Mutex::new(Coalescer::default()),
+            malformed: AtomicU64::new(0),
         }
     }
 
@@ -131,7 +153,7 @@ impl VnetTun {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = (n as usize).saturating_sub(VNET_HDR_LEN);
+        let n = packet_len(n as usize).ok_or(io::ErrorKind::InvalidData)?;
         if !gro::finish_read(&VnetHdr::read(hdr), &mut buf[..n]) {
             return Err(io::ErrorKind::InvalidData.into());
         }
@@ -150,6 +172,7 @@ impl TunIo for VnetTun {
             match r {
                 Ok(_) => n += 1,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("TUN handed out a packet we cannot take; dropped");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break,
@@ -179,6 +202,27 @@ impl TunIo for VnetTun {
     async fn readable(&self) -> io::Result<()> {
         self.dev.readable().await.map(|_| ())
     }
+
+    fn take_malformed(&self) -> u64 {
+        self.malformed.swap(0, Ordering::Relaxed)
+    }
+
+    fn probe(&self) -> io::Result<()> {
+        // Room for a `struct ifreq` (40 bytes), which the call fills in.
+        let mut ifr = [0u8; 64];
+        // SAFETY: TUNGETIFF writes at most a `struct ifreq` into the live buffer.
+        let r = unsafe {
+            libc::ioctl(
+                self.dev.get_ref().as_raw_fd(),
+                TUNGETIFF as _,
+                ifr.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -205,5 +249,14 @@ mod tests {
         );
         b.clear();
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_read_without_a_packet_after_the_header_is_not_a_packet() {
+        assert_eq!(packet_len(0), None);
+        assert_eq!(packet_len(VNET_HDR_LEN - 1), None);
+        assert_eq!(packet_len(VNET_HDR_LEN), None);
+        assert_eq!(packet_len(VNET_HDR_LEN + 1), Some(1));
+        assert_eq!(packet_len(VNET_HDR_LEN + 1420), Some(1420));
     }
 }
