@@ -113,7 +113,8 @@ impl FairQueue {
         self.drops
     }
 
-    fn bucket_of(&self, pkt: &[u8]) -> usize {
+    /// The bucket a packet's flow hashes to (the hash is seeded per queue).
+    pub(crate) fn bucket_of(&self, pkt: &[u8]) -> usize {
         let mut h = self.hasher.build_hasher();
         flow_key(pkt, &mut h);
         (h.finish() % self.buckets.len() as u64) as usize

@@ -604,10 +604,22 @@ mod tests {
     /// writes leaves the inbound queue in per-flow runs that GRO turns into a few writes.
     #[test]
     fn interleaved_bulk_flows_still_coalesce_on_the_way_to_the_tun() {
-        let mut inbound = FairQueue::new(FqConfig {
-            quantum: INBOUND_QUANTUM,
-            ..FqConfig::default()
-        });
+        // Flows that hash to one bucket share its queue and interleave by design; this test is
+        // about distinct flows, so take a queue whose random seed keeps the four apart.
+        let new_queue = || {
+            FairQueue::new(FqConfig {
+                quantum: INBOUND_QUANTUM,
+                ..FqConfig::default()
+            })
+        };
+        let mut inbound = (0..100)
+            .map(|_| new_queue())
+            .find(|q| {
+                let buckets: std::collections::HashSet<usize> =
+                    (1000..1004).map(|p| q.bucket_of(&segment(p, 0))).collect();
+                buckets.len() == 4
+            })
+            .expect("a seed that separates four flows");
         for i in 0..64u32 {
             for port in 1000..1004 {
                 inbound.enqueue(&segment(port, i * 1368), 0);
