@@ -171,7 +171,9 @@ async fn admin_cli_end_to_end_against_a_real_server() {
     let broken = write(tmp.path(), "broken.hujson", "{ \"acls\": [ }");
     let o = srv.cli(&["policy", "set", broken.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("policy.hujson:1:"), "{}", stderr(&o));
+    // Located in the file the admin gave.
+    let at = format!("{}:1:", broken.display());
+    assert!(stderr(&o).contains(&at), "{}", stderr(&o));
     assert_eq!(srv.ok(&["policy", "get"]), before);
     // The offline check (H1's) agrees.
     assert!(!srv

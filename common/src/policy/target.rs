@@ -163,6 +163,12 @@ pub fn split_target_ports(s: &str) -> Result<(&str, &str), String> {
             "`{s}`: expected TARGET:PORTS, e.g. tag:web:443 or 100.64.0.1:*"
         ));
     };
+    // `tag:web` alone would read as target `tag`, port `web`: the port is what is missing.
+    if ["tag", "group", "autogroup"].contains(&target) {
+        return Err(format!(
+            "`{s}`: expected TARGET:PORTS, e.g. {s}:443 (a port is needed for tcp and udp)"
+        ));
+    }
     let prefixed = ["tag:", "group:", "autogroup:"]
         .iter()
         .any(|p| target.starts_with(p));
@@ -457,6 +463,9 @@ mod tests {
             .unwrap_err()
             .contains("brackets"));
         assert!(split_target_ports("tag").is_err());
+        let missing = split_target_ports("tag:web").unwrap_err();
+        assert!(missing.contains("e.g. tag:web:443"), "{missing}");
+        assert!(split_target_ports("group:eng").is_err());
         assert!(split_target_ports("[::1]443").is_err());
     }
 

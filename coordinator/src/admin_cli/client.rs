@@ -187,10 +187,13 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("reaching the coordinator at {}", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "reaching the coordinator at {} (admin commands go through the API of a \
+                     running `ztmesh-coordinator serve`: is it running?)",
+                self.base
+            )
+        })?;
         let status = resp.status();
         let text = resp.text().await?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -234,7 +234,11 @@ async fn policy(c: &ApiClient, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let v = c
-                .call(Method::PUT, "/api/v1/policy", Some(json!({ "text": text })))
+                .call(
+                    Method::PUT,
+                    "/api/v1/policy",
+                    Some(json!({ "text": text, "file": file.display().to_string() })),
+                )
                 .await?;
             println!("policy v{} is in force", s(&v["version"]));
         }

@@ -76,6 +76,19 @@ pub async fn history(
 #[derive(Deserialize)]
 pub struct PolicyText {
     pub text: String,
+    /// The file the admin's text came from, so errors name it (`file:line:column`).
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+impl PolicyText {
+    /// The name to locate errors in: the given file name when it is printable and short.
+    fn file_name(&self) -> &str {
+        match &self.file {
+            Some(f) if !f.is_empty() && f.len() <= 256 && !f.chars().any(char::is_control) => f,
+            _ => crate::control::DEFAULT_POLICY_NAME,
+        }
+    }
 }
 
 /// Validate + tests + store + swap + push, via the control plane. A refusal leaves the
@@ -86,7 +99,11 @@ pub async fn set_policy(
     Json(body): Json<PolicyText>,
 ) -> Result<Json<Value>, ApiError> {
     st.require_admin(&caller, "policy.set", "policy").await?;
-    match st.control.set_policy(&body.text, &caller.actor).await {
+    match st
+        .control
+        .set_policy_named(&body.text, body.file_name(), &caller.actor)
+        .await
+    {
         Ok(v) => {
             st.audit(
                 &caller,
@@ -115,7 +132,7 @@ pub async fn set_policy(
 /// Validate a policy and run its tests without installing it.
 pub async fn check(_caller: Caller, Json(body): Json<PolicyText>) -> Result<Json<Value>, ApiError> {
     let out =
-        tokio::task::spawn_blocking(move || match Policy::parse(&body.text, "policy.hujson") {
+        tokio::task::spawn_blocking(move || match Policy::parse(&body.text, body.file_name()) {
             Err(e) => json!({
                 "ok": false,
                 "errors": e.to_string().lines().collect::<Vec<_>>(),

@@ -37,6 +37,9 @@ pub struct DeviceSummary {
     pub last_seen: Option<UnixMillis>,
 }
 
+/// The name policy errors are located in when the admin gave no file name.
+pub const DEFAULT_POLICY_NAME: &str = "policy.hujson";
+
 impl ControlPlane {
     /// Validate `text`, run its tests, store it, swap it in and push every changed view.
     /// Nodes that no longer pass the admission posture are revoked. A refused policy leaves
@@ -46,7 +49,19 @@ impl ControlPlane {
         text: &str,
         author: &str,
     ) -> Result<PolicyVersion, ControlError> {
-        let policy = Policy::parse(text, "policy.hujson")
+        self.set_policy_named(text, DEFAULT_POLICY_NAME, author)
+            .await
+    }
+
+    /// [`ControlPlane::set_policy`], with errors located in `file_name` (the file the admin
+    /// gave, so that `file:line:column` points at it).
+    pub async fn set_policy_named(
+        &self,
+        text: &str,
+        file_name: &str,
+        author: &str,
+    ) -> Result<PolicyVersion, ControlError> {
+        let policy = Policy::parse(text, file_name)
             .map_err(|e| ControlError::InvalidPolicy(e.to_string()))?;
         let failures = policy.run_tests();
         if !failures.is_empty() {
