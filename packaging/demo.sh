@@ -54,7 +54,7 @@ if [ ! -d tests/idp/node_modules/oidc-provider ]; then
 fi
 
 # 4. Build, then play the story.
-say "Building ztmesh (first build takes a few minutes)"
+say "Building ztmesh (the first build takes 10-15 minutes on 2 cores)"
 cargo build --workspace --bins
 say "Running the demo"
 exec ./target/debug/ztmesh-demo

@@ -176,6 +176,10 @@ impl Story<'_> {
             format!("web:443 {}; web:22 {ssh}", crate::probe::describe(&first)),
         );
         self.directions(&alice, &web, &web_ip)?;
+        self.n.say(
+            "dave (eng, alice's colleague on LAN 1) signs in too: he keeps an open connection \
+             for the outage steps at the end.",
+        );
         let (dave, _) = self.login("dave", &users[1], Posture::Compliant, &coord)?;
 
         // bob (sales) does not even see the web server.
@@ -390,8 +394,9 @@ impl Story<'_> {
             "access ends when the credentials expire",
             cut.is_ok() && !before_expiry && ms.is_some_and(|m| m <= 1000) && !after.is_ok(),
             format!(
-                "the first credential expired {} ms after the stop; the held connection {}; \
-                 a new connection: {after}",
+                "the demo policy issues {} s credentials (default 1 h); the first expired {} ms \
+                 after the stop; the held connection {}; a new connection: {after}",
+                CREDENTIAL_LIFETIME.as_secs(),
                 expiry.saturating_sub(t_stop),
                 match ms {
                     Some(m) if !before_expiry => format!("stopped {m} ms after the expiry"),
