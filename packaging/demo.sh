@@ -16,9 +16,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. System packages: iproute2 (namespaces), nftables (the NAT routers), a C toolchain for the
-#    Rust build, Node.js for the identity provider.
+#    Rust build, Node.js for the identity provider, Chromium for the users' sign-ins.
 need=()
-for p in iproute2 nftables iputils-ping ca-certificates curl build-essential pkg-config; do
+for p in iproute2 nftables iputils-ping ca-certificates curl build-essential pkg-config chromium; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 command -v node >/dev/null || need+=(nodejs)
@@ -48,8 +48,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # 3. The identity provider's npm packages (offline afterwards).
-if [ ! -d tests/idp/node_modules/oidc-provider ]; then
-  say "Installing the test identity provider (npm oidc-provider)"
+if [ ! -d tests/idp/node_modules/oidc-provider ] || [ ! -d tests/idp/node_modules/puppeteer-core ]; then
+  say "Installing the test identity provider and the browser driver (npm oidc-provider, puppeteer-core)"
   (cd tests/idp && npm ci --no-audit --no-fund)
 fi
 

@@ -3,7 +3,10 @@
 // submit button and waits for the page the browser lands on.
 //
 //   node tests/idp/browser-login.mjs --chromium /usr/bin/chromium --url URL \
-//        [--field NAME=VALUE ...] [--timeout-secs 60]
+//        [--follow-link HREF_PART] [--field NAME=VALUE ...] [--timeout-secs 60]
+//
+// --follow-link: on the first page, click the link whose href contains HREF_PART (as a user
+// picks "Sign in with SSO") and fill the form of the page it leads to.
 //
 // Prints one JSON line on stdout:
 //   {"form": {"url", "status", "title", "labels": {NAME: label text}},
@@ -23,6 +26,7 @@ const { values: args } = parseArgs({
     chromium: { type: 'string' },
     url: { type: 'string' },
     field: { type: 'string', multiple: true, default: [] },
+    'follow-link': { type: 'string' },
     'timeout-secs': { type: 'string', default: '60' },
   },
   strict: true,
@@ -64,7 +68,15 @@ async function seen(page, response) {
 }
 
 async function fillAndSubmit(page) {
-  const formResponse = await page.goto(args.url, { waitUntil: 'load', timeout: timeoutMs });
+  let formResponse = await page.goto(args.url, { waitUntil: 'load', timeout: timeoutMs });
+  if (args['follow-link']) {
+    const link = await page.$(`a[href*="${args['follow-link']}"]`);
+    if (!link) throw new Error(`the page at ${page.url()} has no link to ${args['follow-link']}`);
+    [formResponse] = await Promise.all([
+      page.waitForNavigation({ waitUntil: 'load', timeout: timeoutMs }),
+      link.click(),
+    ]);
+  }
   const form = await seen(page, formResponse);
   delete form.text;
   form.labels = {};

@@ -6,6 +6,7 @@
 //! configured in the root namespace. See `docs/architecture.md` ("The lab") for the topology.
 
 pub mod bins;
+pub mod browser;
 pub mod error;
 pub mod idp;
 pub mod lab;
@@ -14,6 +15,7 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod story;
+pub mod totp;
 pub mod wait;
 
 pub use error::LabError;

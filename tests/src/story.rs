@@ -259,7 +259,7 @@ impl Story<'_> {
         let Some(url) = st.login_url else {
             return Ok((c, t));
         };
-        let r = lab.browse(host, &url, user, true)?;
+        let r = lab.browser_login(host, &url, user, true)?;
         if let crate::BrowseOutcome::Error { message } = &r {
             return Err(LabError::Setup(format!("{host}'s login failed: {message}")));
         }
