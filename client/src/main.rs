@@ -14,7 +14,7 @@ fn main() {
     let code = match ztmesh_client::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ztmesh: {e:#}");
+            eprintln!("error: {}", ztmesh_client::cli::error_report(&e));
             ztmesh_client::cli::exit::ERROR
         }
     };

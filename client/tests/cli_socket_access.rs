@@ -140,3 +140,20 @@ async fn members_of_the_control_group_are_admitted() {
     assert!(err.contains("permission denied"), "{err}");
     task.abort();
 }
+
+#[test]
+fn bind_never_replaces_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let access = Access {
+        owner_uid: 0,
+        group: None,
+    };
+    let err = server::bind(&file, access).unwrap_err();
+    assert!(
+        err.to_string().contains("regular file, not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}

@@ -17,21 +17,23 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             timeout,
         } => {
             let req = Request::Up {
-                coordinator,
+                coordinator: coordinator.to_string(),
                 auth_key,
                 hostname,
             };
-            if timeout == 0 {
-                up(&socket.socket, &req).await
-            } else {
-                match tokio::time::timeout(Duration::from_secs(timeout), up(&socket.socket, &req))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        eprintln!("timed out after {timeout}s; the daemon keeps trying (see `ztmesh status`)");
-                        Ok(exit::TIMEOUT)
-                    }
+            let mut waiting_for = UpWait::Answer;
+            let Some(limit) = timeout.filter(|t| !t.is_zero()) else {
+                return up(&socket.socket, &req, &mut waiting_for).await;
+            };
+            match tokio::time::timeout(limit, up(&socket.socket, &req, &mut waiting_for)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    eprintln!("error: gave up after {}: {waiting_for}", humanize(limit));
+                    eprintln!(
+                        "the daemon keeps trying: `ztmesh status` shows how it goes, \
+                         `ztmesh down` stops it"
+                    );
+                    Ok(exit::TIMEOUT)
                 }
             }
         }
@@ -85,15 +87,54 @@ fn unexpected(r: Reply) -> anyhow::Result<i32> {
     }
 }
 
-async fn up(socket: &Path, req: &Request) -> anyhow::Result<i32> {
+/// What a running `up` waits for, for the message when it gives up.
+enum UpWait {
+    /// The daemon connects; no failure reported yet.
+    Answer,
+    Login,
+    /// The latest report of the daemon, e.g. why it cannot reach the coordinator.
+    Report(String),
+}
+
+impl std::fmt::Display for UpWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpWait::Answer => f.write_str("no answer from the coordinator yet"),
+            UpWait::Login => f.write_str("the login did not finish"),
+            UpWait::Report(message) => write!(f, "last report: {message}"),
+        }
+    }
+}
+
+/// `90s`, `5m`, `1h30m`: as the user would write it.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    let mut o = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            o.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if o.is_empty() {
+        o.push_str("0s");
+    }
+    o
+}
+
+async fn up(socket: &Path, req: &Request, waiting_for: &mut UpWait) -> anyhow::Result<i32> {
     let mut s = client::send(socket, req).await?;
     while let Some(reply) = s.next().await? {
         match reply {
             Reply::LoginUrl { url } => {
                 println!("To log in, open this URL in a browser:\n\n    {url}\n");
                 println!("Waiting for the login to finish...");
+                *waiting_for = UpWait::Login;
             }
-            Reply::Progress { message } => eprintln!("{message}"),
+            Reply::Progress { message } => {
+                eprintln!("{message}");
+                *waiting_for = UpWait::Report(message);
+            }
             Reply::Refused { reasons } => {
                 eprintln!("The coordinator refused this device:");
                 for r in &reasons {

@@ -4,11 +4,13 @@
 mod commands;
 mod render;
 
+use crate::control::JoinUrl;
 use crate::daemon::config::{DaemonOptions, FileConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
-pub const DEFAULT_SOCKET: &str = "/run/ztmesh/ztmesh.sock";
+pub use crate::daemon::config::DEFAULT_SOCKET;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ztmesh";
 
 #[derive(Debug, Parser)]
@@ -58,17 +60,18 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
         /// Join URL, ztmesh://HOST:PORT?fp=sha256:HEX
-        #[arg(long)]
-        coordinator: String,
+        #[arg(long, value_parser = JoinUrl::parse)]
+        coordinator: JoinUrl,
         /// Pre-auth key (servers, connectors); also read from ZTMESH_AUTH_KEY.
         #[arg(long, env = "ZTMESH_AUTH_KEY", hide_env_values = true)]
         auth_key: Option<String>,
         /// Hostname to register (default: the system hostname).
         #[arg(long)]
         hostname: Option<String>,
-        /// Give up after this many seconds (0: wait as long as it takes).
-        #[arg(long, default_value_t = 0)]
-        timeout: u64,
+        /// Give up after this long, e.g. 90s, 5m or 1h30m (a bare number is seconds; default
+        /// and 0: wait as long as it takes).
+        #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
     },
     /// Leave the mesh.
     Down {
@@ -100,6 +103,14 @@ pub enum Command {
     },
 }
 
+/// `--timeout`: a duration such as `90s` or `1h30m`, or plain seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => ztmesh_common::policy::parse_duration(s),
+    }
+}
+
 /// Process exit codes.
 pub mod exit {
     pub const OK: i32 = 0;
@@ -107,6 +118,24 @@ pub mod exit {
     /// `up` was refused (posture or identity); the reasons were printed.
     pub const REFUSED: i32 = 2;
     pub const TIMEOUT: i32 = 3;
+}
+
+/// A fatal error for the user: the error and its causes, each said once. Many messages
+/// already include their source (`config file F: <the TOML error>`); repeating it would print
+/// the same text twice.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -144,5 +173,38 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 .build()?;
             rt.block_on(commands::run(other))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_report_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(17);
+        let keys = crate::keys::KeyError::Io {
+            path: "/s/machine.key".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(keys).context("machine key");
+        assert_eq!(
+            error_report(&e),
+            "machine key: key file /s/machine.key: File exists (os error 17)"
+        );
+        // A cause that its message does not include is still said.
+        let bare = anyhow::Error::new(std::io::Error::from_raw_os_error(2)).context("reading X");
+        assert_eq!(
+            error_report(&bare),
+            "reading X: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn timeouts_read_as_durations_or_seconds() {
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("-1").is_err());
     }
 }

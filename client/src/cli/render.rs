@@ -91,18 +91,16 @@ pub fn status(s: &StatusReport, now: u64) -> String {
         let _ = writeln!(o, "last error:  {e}");
     }
     let me = &s.self_;
+    // Before admission there are no addresses and no owner yet: then the name alone.
     let owner = me.user.clone().unwrap_or_else(|| me.tags.join(","));
-    let _ = writeln!(
-        o,
-        "self:        {} {} {}",
-        me.name,
-        if me.addresses.is_empty() {
-            "-".to_string()
-        } else {
-            me.addresses.join(" ")
-        },
-        owner
-    );
+    let mut line = me.name.clone();
+    for part in [me.addresses.join(" "), owner] {
+        if !part.is_empty() {
+            line.push(' ');
+            line.push_str(&part);
+        }
+    }
+    let _ = writeln!(o, "self:        {line}");
     if let Some(exp) = me.expires_at_ms {
         let _ = writeln!(o, "credential:  expires {}", relative(exp, now));
     }
@@ -171,5 +169,22 @@ mod tests {
             ..s
         };
         assert!(status(&down, 181_000).contains("(not connected)"));
+    }
+
+    #[test]
+    fn self_line_shows_only_what_the_device_has() {
+        let mut s = StatusReport::default();
+        s.self_.name = "vm".into();
+        assert!(
+            status(&s, 0).contains("self:        vm\n"),
+            "{}",
+            status(&s, 0)
+        );
+        s.self_.addresses = vec!["100.64.0.1".into(), "fd5a::1".into()];
+        assert!(status(&s, 0).contains("self:        vm 100.64.0.1 fd5a::1\n"));
+        s.self_.tags = vec!["tag:web".into(), "tag:db".into()];
+        assert!(status(&s, 0).contains("self:        vm 100.64.0.1 fd5a::1 tag:web,tag:db\n"));
+        s.self_.user = Some("alice@example.com".into());
+        assert!(status(&s, 0).contains("self:        vm 100.64.0.1 fd5a::1 alice@example.com\n"));
     }
 }

@@ -45,25 +45,33 @@ impl JoinUrl {
             return Err(err("missing host"));
         }
         let port: u16 = port.parse().map_err(|_| err("bad port"))?;
-        let fp_hex = query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("fp="))
-            .ok_or_else(|| err("missing fp parameter"))?;
+        let mut pins = query.split('&').filter_map(|kv| kv.strip_prefix("fp="));
+        let fp_hex = pins.next().ok_or_else(|| err("missing fp parameter"))?;
+        if pins.next().is_some() {
+            return Err(err("more than one fp parameter"));
+        }
         let fp_hex = fp_hex
             .strip_prefix("sha256:")
             .or_else(|| fp_hex.strip_prefix("sha256%3A"))
             .ok_or_else(|| err("fingerprint must start with sha256:"))?;
-        let bytes =
-            hex::decode(fp_hex.replace(':', "")).map_err(|_| err("fingerprint is not hex"))?;
-        let fingerprint = bytes
-            .try_into()
-            .map_err(|_| err("fingerprint must be 32 bytes"))?;
+        let fingerprint = parse_sha256_hex(fp_hex)
+            .ok_or_else(|| err("fingerprint must be sha256: followed by 64 hex digits"))?;
         Ok(JoinUrl {
             host: host.to_string(),
             port,
             fingerprint,
         })
     }
+}
+
+/// Exactly 64 hex digits (either case), nothing else: a typo in a pin must not pass.
+fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
 }
 
 impl fmt::Display for JoinUrl {
@@ -102,6 +110,12 @@ mod tests {
             format!("ztmesh://h?fp=sha256:{fp}"),
             "ztmesh://h:1".to_string(),
             "ztmesh://h:1?fp=sha256:abcd".to_string(),
+            "ztmesh://h:1?fp=sha256:zz".to_string(),
+            format!("ztmesh://h:1?fp=sha256:{}", "zz".repeat(32)),
+            format!("ztmesh://h:1?fp=sha256:{fp}00"),
+            format!("ztmesh://h:1?fp=sha256:{fp}&x=1&fp=sha256:zz"),
+            format!("ztmesh://h:1?fp=sha256:{}", fp.replace("abab", "ab:ab")),
+            format!("ztmesh://h:1?fp=sha256:+{}", &fp[1..]),
             format!("ztmesh://h:1?fp=md5:{fp}"),
             format!("ztmesh://:1?fp=sha256:{fp}"),
         ] {

@@ -4,6 +4,9 @@ use crate::posture::PostureConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Where the control socket lives unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ztmesh/ztmesh.sock";
+
 /// Where the daemon keeps its files and which devices it uses.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -16,6 +19,54 @@ pub struct DaemonOptions {
     /// Root the posture probes read from (`/` = this host).
     pub posture_root: PathBuf,
     pub config: FileConfig,
+}
+
+/// A path option that does not name what it must.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    #[error("posture root {0}: no such directory")]
+    NoPostureRoot(PathBuf),
+    #[error("control socket {0}: it is a {1}, not a socket")]
+    NotASocket(PathBuf, &'static str),
+    #[error("control socket {socket}: directory {dir} does not exist")]
+    NoSocketDir { socket: PathBuf, dir: PathBuf },
+    #[error("control socket {socket}: cannot create directory {dir}: {source}")]
+    SocketDir {
+        socket: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl DaemonOptions {
+    /// Checks the paths before anything starts, and makes the default socket's directory.
+    /// Only the default location is the daemon's to create: another one that is missing is
+    /// most likely a typo, which must not leave directories behind.
+    pub fn check_paths(&self) -> Result<(), OptionError> {
+        if !self.posture_root.is_dir() {
+            return Err(OptionError::NoPostureRoot(self.posture_root.clone()));
+        }
+        if let Some(kind) = crate::ipc::not_a_socket(&self.socket) {
+            return Err(OptionError::NotASocket(self.socket.clone(), kind));
+        }
+        let Some(dir) = self.socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if self.socket == Path::new(DEFAULT_SOCKET) {
+            std::fs::create_dir_all(dir).map_err(|source| OptionError::SocketDir {
+                socket: self.socket.clone(),
+                dir: dir.to_path_buf(),
+                source,
+            })
+        } else if dir.is_dir() {
+            Ok(())
+        } else {
+            Err(OptionError::NoSocketDir {
+                socket: self.socket.clone(),
+                dir: dir.to_path_buf(),
+            })
+        }
+    }
 }
 
 /// The configuration file, e.g.

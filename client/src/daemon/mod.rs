@@ -176,14 +176,13 @@ fn default_hostname() -> String {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    opts.check_paths()?;
     let access = Access {
         owner_uid: nix::unistd::geteuid().as_raw(),
         group: opts.config.control_gid()?,
     };
     // Keys first: a daemon that cannot keep its identity must not start anything else.
-    KeyStore::open(&opts.state_dir)
-        .and_then(|k| k.machine_key())
-        .context("machine key")?;
+    KeyStore::open(&opts.state_dir).and_then(|k| k.machine_key())?;
     let dp = plane::start(&opts)
         .await
         .context("starting the data plane")?;

@@ -1,5 +1,6 @@
 //! The CLI side of the control socket.
 
+use super::not_a_socket;
 use super::proto::{Reply, Request};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ pub enum IpcError {
     NotRunning(PathBuf),
     #[error("the ztmesh daemon is not running (stale control socket at {0}); start it with `ztmesh daemon`")]
     Stale(PathBuf),
+    #[error("{path} is not a socket but a {kind}; pass the daemon's control socket with --socket")]
+    NotASocket { path: PathBuf, kind: &'static str },
     #[error("permission denied on the control socket {0}: run as root or as a member of the daemon's control group")]
     Denied(PathBuf),
     #[error("control socket {path}: {source}")]
@@ -35,17 +38,23 @@ pub struct Session {
 
 /// Connects to the daemon and sends `req`.
 pub async fn send(path: &Path, req: &Request) -> Result<Session, IpcError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => IpcError::NotRunning(path.to_path_buf()),
-            io::ErrorKind::ConnectionRefused => IpcError::Stale(path.to_path_buf()),
-            io::ErrorKind::PermissionDenied => IpcError::Denied(path.to_path_buf()),
-            _ => IpcError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            },
-        })?;
+    let stream =
+        UnixStream::connect(path)
+            .await
+            .map_err(|e| match (e.kind(), not_a_socket(path)) {
+                (io::ErrorKind::NotFound, _) => IpcError::NotRunning(path.to_path_buf()),
+                // Connecting to a file or a directory is refused just like a stale socket.
+                (_, Some(kind)) => IpcError::NotASocket {
+                    path: path.to_path_buf(),
+                    kind,
+                },
+                (io::ErrorKind::ConnectionRefused, None) => IpcError::Stale(path.to_path_buf()),
+                (io::ErrorKind::PermissionDenied, None) => IpcError::Denied(path.to_path_buf()),
+                _ => IpcError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })?;
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| IpcError::BadReply(e.to_string()))?;
     line.push(b'\n');

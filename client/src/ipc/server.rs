@@ -61,8 +61,12 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 
 /// Creates the socket at `path` with the access rules applied to the file.
 pub fn bind(path: &Path, access: Access) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    // Never replace what is not a socket: that file is someone's data, not a dead daemon's.
+    if let Some(kind) = super::not_a_socket(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("it is a {kind}, not a socket"),
+        ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => {

@@ -23,6 +23,13 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state directory {0} is not a directory")]
+    NotADirectory(PathBuf),
     #[error("key file {0} is not 32 bytes")]
     BadLength(PathBuf),
     #[error("key file {path} has mode {mode:o}; it must not be readable by group or others")]
@@ -65,10 +72,16 @@ pub struct KeyStore {
 impl KeyStore {
     /// Uses `dir`, creating it (mode 0700) if needed.
     pub fn open(dir: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
+        let io = |source| KeyError::StateDir {
             path: dir.to_path_buf(),
             source,
         };
+        match fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => return Err(KeyError::NotADirectory(dir.to_path_buf())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
         fs::create_dir_all(dir).map_err(io)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
         Ok(KeyStore {
