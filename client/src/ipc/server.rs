@@ -72,7 +72,7 @@ pub fn bind(path: &Path, access: Access) -> io::Result<UnixListener> {
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
-                format!("another daemon is listening on {}", path.display()),
+                "another daemon is listening on it",
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
