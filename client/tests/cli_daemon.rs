@@ -269,3 +269,35 @@ fn up_says_why_it_waits_and_gives_up_after_its_timeout() {
     // Logs to a pipe carry no colour codes.
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+#[test]
+fn a_second_daemon_on_a_busy_wireguard_port_fails_with_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let opts = |d: &Path, tun: &str| {
+        std::fs::create_dir_all(d).unwrap();
+        let mut o = good_options(d);
+        o.extend(["--tun", tun, "--port", "41641"].map(String::from));
+        o.join(" ")
+    };
+    // Both daemons in one namespace of their own: the first holds UDP 41641, the second
+    // asks for it too. The first is stopped once the second has ended (or after 15 s).
+    let script = format!(
+        "{BIN} daemon {} >/dev/null 2>&1 & first=$!; \
+         for i in $(seq 1 100); do [ -S {a}/ztmesh.sock ] && break; sleep 0.1; done; \
+         timeout 15 {BIN} daemon {}; echo \"second exited $?\" >&2; kill $first; wait $first",
+        opts(&a, "zt0"),
+        opts(&b, "zt1"),
+        a = a.display(),
+    );
+    let child = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, err) = wait_bounded(child, Duration::from_secs(40));
+    assert!(err.contains("second exited 1"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("error: "), "{err}");
+}

@@ -27,6 +27,8 @@ pub struct PlaneSnapshot {
     pub peers: Vec<PeerStats>,
     /// Most recent denied flows, latest last.
     pub recent_denied: Vec<FlowEvent>,
+    /// Why the data plane stopped on its own (its TUN device went away), if it did.
+    pub failure: Option<String>,
 }
 
 /// The data plane as the control client drives it.

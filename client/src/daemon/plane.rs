@@ -84,8 +84,10 @@ impl Plane for DaemonPlane {
 
     fn snapshot(&self) -> PlaneSnapshot {
         self.with(|d| {
-            let s = d.status().engine;
+            let status = d.status();
+            let s = status.engine;
             PlaneSnapshot {
+                failure: status.failure,
                 peers: s
                     .peers
                     .into_iter()

@@ -60,7 +60,11 @@ pub fn report(
     // The data plane stops on its own at expiry; say so rather than "running".
     let expired = st.phase == Phase::Running && own.is_some_and(|c| !credential_valid(c));
     StatusReport {
-        state: if expired {
+        // A data plane that stopped (its TUN device is gone) carries no traffic whatever the
+        // control session says.
+        state: if snap.failure.is_some() {
+            "failed"
+        } else if expired {
             "expired"
         } else {
             st.phase.as_str()
@@ -73,7 +77,11 @@ pub fn report(
         reauth_url: st.reauth_url.clone(),
         refused: st.refused.clone(),
         revoked: st.revoked.clone(),
-        last_error: st.last_error.clone(),
+        last_error: snap
+            .failure
+            .as_ref()
+            .map(|f| format!("data plane stopped: {f}"))
+            .or_else(|| st.last_error.clone()),
         self_,
         peers,
         denied: snap
@@ -89,5 +97,34 @@ pub fn report(
                 count: e.count,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_data_plane_shows_as_failed_with_its_reason() {
+        let st = ControlState {
+            phase: Phase::Running,
+            last_error: Some("older error".into()),
+            ..ControlState::default()
+        };
+        let key = MachinePublicKey([7; 32]);
+        let healthy = report(&st, &PlaneSnapshot::default(), key, None);
+        assert_eq!(healthy.state, "running");
+        assert_eq!(healthy.last_error.as_deref(), Some("older error"));
+
+        let gone = PlaneSnapshot {
+            failure: Some("TUN device ztmesh0 is gone".into()),
+            ..PlaneSnapshot::default()
+        };
+        let failed = report(&st, &gone, key, None);
+        assert_eq!(failed.state, "failed");
+        assert_eq!(
+            failed.last_error.as_deref(),
+            Some("data plane stopped: TUN device ztmesh0 is gone")
+        );
     }
 }

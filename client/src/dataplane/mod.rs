@@ -103,6 +103,33 @@ pub struct DataPlane {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// An I/O thread's runtime until its thread takes it. `start` runs inside the daemon's async
+/// context, where dropping a runtime normally panics; if starting fails half-way, this one is
+/// shut down without blocking instead.
+struct LoopRuntime(Option<tokio::runtime::Runtime>);
+
+impl LoopRuntime {
+    fn new(rt: tokio::runtime::Runtime) -> Self {
+        LoopRuntime(Some(rt))
+    }
+
+    fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.0.as_ref().expect("runtime not yet taken").enter()
+    }
+
+    fn into_inner(mut self) -> tokio::runtime::Runtime {
+        self.0.take().expect("runtime not yet taken")
+    }
+}
+
+impl Drop for LoopRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Create the TUN device (no address yet), bind the UDP socket, and start the I/O threads.
 pub async fn start(cfg: DataPlaneConfig) -> Result<DataPlane, DataPlaneError> {
     start_with(cfg, EngineConfig::default())
@@ -122,6 +149,7 @@ pub fn start_with(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
+            .map(LoopRuntime::new)
             .map_err(DataPlaneError::Thread)
     };
     let (send_rt, recv_rt) = (runtime()?, runtime()?);
@@ -158,10 +186,12 @@ pub fn start_with(
             .spawn(f)
             .map_err(DataPlaneError::Thread)
     };
+    let recv_rt = recv_rt.into_inner();
     let recv_thread = spawn(
         format!("dp-rx-{}", cfg.tun_name),
         Box::new(move || recv_rt.block_on(recv.run())),
     )?;
+    let send_rt = send_rt.into_inner();
     let send_thread = spawn(
         format!("dp-tx-{}", cfg.tun_name),
         Box::new(move || send_rt.block_on(send.run())),

@@ -335,6 +335,7 @@ impl Plane for RecordingPlane {
         PlaneSnapshot {
             peers: vec![PeerStats::default()],
             recent_denied: vec![],
+            failure: None,
         }
     }
 }
