@@ -34,7 +34,7 @@ async fn wrong_fingerprint_is_refused_before_hello() {
     let mut server = start_server();
     let machine = MachineKey::generate();
     let mut join = JoinUrl::parse(&server.join_url()).unwrap();
-    join.fingerprint[0] ^= 0x01;
+    join.fingerprint.0[0] ^= 0x01;
     let err = match conn::connect(&join, &machine).await {
         Ok(_) => panic!("a wrong fingerprint must be refused"),
         Err(e) => e,

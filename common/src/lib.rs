@@ -1,5 +1,7 @@
 //! `ztmesh-common`: what the coordinator and the client must agree on, and nothing that does I/O.
 //!
+//! - [`cert_pin`]: certificate fingerprints (`sha256:HEX`) and, with `tls-pin`, the rustls
+//!   verifier that accepts only the pinned certificate.
 //! - [`ids`]: identifiers and key newtypes.
 //! - [`addr`]: overlay address plan and allocation helpers.
 //! - [`credential`]: the signed node credential and its verification.
@@ -9,6 +11,7 @@
 //! - [`policy`]: the policy language (parse, validate, test, compile, explain).
 
 pub mod addr;
+pub mod cert_pin;
 pub mod credential;
 pub mod ids;
 pub mod netmap;

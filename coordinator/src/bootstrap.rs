@@ -6,11 +6,11 @@ use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use ztmesh_common::cert_pin::CertFingerprint;
 
 pub const SIGNING_KEY_FILE: &str = "signing.key";
 pub const TLS_CERT_FILE: &str = "tls.crt.der";
@@ -79,7 +79,7 @@ impl Identity {
 
 /// `sha256:HEX` (lower-case) of a DER certificate: what clients pin.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(cert_der)))
+    CertFingerprint::of(cert_der).to_string()
 }
 
 /// `ztmesh://HOST:PORT?fp=sha256:HEX`.

@@ -161,6 +161,21 @@ async fn admin_cli_end_to_end_against_a_real_server() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("does not match the pinned fingerprint")
+            && stderr(&o).contains("check --pin"),
+        "{}",
+        stderr(&o)
+    );
+    // A malformed pin is refused as such, before anything is sent.
+    let o = Command::new(BIN)
+        .args(["users", "list", "--api", &srv.url, "--token-file"])
+        .arg(&tok_file)
+        .args(["--pin", "sha256:abcd"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("64 hex digits"), "{}", stderr(&o));
 
     // A refused policy leaves the running one in force and says why.
     let before = srv.ok(&["policy", "get"]);

@@ -2,6 +2,7 @@
 //! the coordinator's TLS certificate (DER), which the client pins.
 
 use std::fmt;
+use ztmesh_common::cert_pin::{CertFingerprint, PinParseError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinUrl {
@@ -9,7 +10,7 @@ pub struct JoinUrl {
     pub host: String,
     pub port: u16,
     /// SHA-256 of the coordinator certificate.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: CertFingerprint,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,28 +51,24 @@ impl JoinUrl {
         if pins.next().is_some() {
             return Err(err("more than one fp parameter"));
         }
-        let fp_hex = fp_hex
-            .strip_prefix("sha256:")
-            .or_else(|| fp_hex.strip_prefix("sha256%3A"))
-            .ok_or_else(|| err("fingerprint must start with sha256:"))?;
-        let fingerprint = parse_sha256_hex(fp_hex)
-            .ok_or_else(|| err("fingerprint must be sha256: followed by 64 hex digits"))?;
+        // The colon may arrive percent-encoded from a URL that went through a browser or a
+        // shell tool.
+        let pin = match fp_hex.strip_prefix("sha256%3A") {
+            Some(digest) => format!("sha256:{digest}"),
+            None => fp_hex.to_string(),
+        };
+        let fingerprint: CertFingerprint = pin.parse().map_err(|e| {
+            err(match e {
+                PinParseError::MissingPrefix => "fingerprint must start with sha256:",
+                PinParseError::BadDigest => "fingerprint must be sha256: followed by 64 hex digits",
+            })
+        })?;
         Ok(JoinUrl {
             host: host.to_string(),
             port,
             fingerprint,
         })
     }
-}
-
-/// Exactly 64 hex digits (either case), nothing else: a typo in a pin must not pass.
-fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
 }
 
 impl fmt::Display for JoinUrl {
@@ -81,12 +78,7 @@ impl fmt::Display for JoinUrl {
         } else {
             self.host.clone()
         };
-        write!(
-            f,
-            "ztmesh://{host}:{}?fp=sha256:{}",
-            self.port,
-            hex::encode(self.fingerprint)
-        )
+        write!(f, "ztmesh://{host}:{}?fp={}", self.port, self.fingerprint)
     }
 }
 
@@ -100,7 +92,7 @@ mod tests {
         let u = JoinUrl::parse(&format!("ztmesh://198.18.0.10:7443?fp=sha256:{fp}")).unwrap();
         assert_eq!(u.host, "198.18.0.10");
         assert_eq!(u.port, 7443);
-        assert_eq!(u.fingerprint, [0xab; 32]);
+        assert_eq!(u.fingerprint, CertFingerprint([0xab; 32]));
         assert_eq!(JoinUrl::parse(&u.to_string()).unwrap(), u);
         let v6 = JoinUrl::parse(&format!("ztmesh://[::1]:7443?fp=sha256:{fp}")).unwrap();
         assert_eq!(v6.host, "::1");

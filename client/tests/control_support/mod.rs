@@ -5,12 +5,12 @@
 #![allow(dead_code)]
 
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use ztmesh_client::control::{PeerStats, Plane, PlaneSnapshot};
+use ztmesh_common::cert_pin::CertFingerprint;
 use ztmesh_common::credential::{coordinator_public_key, NodeCredential, SignedCredential};
 use ztmesh_common::ids::{CoordinatorPublicKey, MachinePublicKey, NodeId, WgPublicKey};
 use ztmesh_common::netmap::{NetMap, NetMapDelta};
@@ -41,7 +41,7 @@ pub enum Seen {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub fingerprint: [u8; 32],
+    pub fingerprint: CertFingerprint,
     pub signing: SigningKey,
     pub seen: mpsc::Receiver<Seen>,
     _endpoint: quinn::Endpoint,
@@ -50,10 +50,10 @@ pub struct TestServer {
 impl TestServer {
     pub fn join_url(&self) -> String {
         format!(
-            "ztmesh://{}:{}?fp=sha256:{}",
+            "ztmesh://{}:{}?fp={}",
             self.addr.ip(),
             self.addr.port(),
-            hex::encode(self.fingerprint)
+            self.fingerprint
         )
     }
 
@@ -111,7 +111,7 @@ pub fn start_server() -> TestServer {
 pub fn start_server_with(impostor: bool) -> TestServer {
     let ck = rcgen::generate_simple_self_signed(vec!["coordinator.test".to_string()]).unwrap();
     let cert_der = ck.cert.der().clone();
-    let fingerprint: [u8; 32] = Sha256::digest(cert_der.as_ref()).into();
+    let fingerprint = CertFingerprint::of(cert_der.as_ref());
     let key_pair = if impostor {
         rcgen::KeyPair::generate().unwrap()
     } else {

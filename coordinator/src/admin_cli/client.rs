@@ -5,12 +5,10 @@ use crate::bootstrap::{self, ADMIN_TOKEN_FILE, TLS_CERT_FILE};
 use crate::serve::{HTTP_CERT_FP_FILE, HTTP_URL_FILE};
 use anyhow::{bail, Context};
 use reqwest::{Method, StatusCode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
+use ztmesh_common::cert_pin::{CertFingerprint, PinnedCertVerifier, PIN_MISMATCH};
 
 /// Where the API is and how to authenticate.
 #[derive(Clone, Debug, clap::Args)]
@@ -28,83 +26,28 @@ pub struct ApiArgs {
     /// Pin the server certificate by fingerprint (`sha256:HEX`, as in the join URL) instead
     /// of trusting the web PKI (for --api).
     #[arg(long, env = "ZTMESH_API_PIN", global = true)]
-    pub pin: Option<String>,
+    pub pin: Option<CertFingerprint>,
 }
 
-/// Accepts exactly one certificate, by its SHA-256 fingerprint; still checks handshake signatures.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The pin is the trust anchor: names and validity dates of a self-signed
-        // certificate add nothing once its exact bytes are pinned.
-        if bootstrap::fingerprint(end_entity).eq_ignore_ascii_case(&self.fingerprint) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server certificate does not match the pinned fingerprint".into(),
-            ))
+fn error_chain_mentions(e: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains(needle) {
+            return true;
         }
+        cur = err.source();
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    false
 }
 
-fn pinned_tls(fingerprint: String) -> anyhow::Result<rustls::ClientConfig> {
+fn pinned_tls(pin: CertFingerprint) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(
-        rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                fingerprint,
-                provider,
-            }))
-            .with_no_client_auth(),
-    )
+    let verifier = Arc::new(PinnedCertVerifier::new(pin, &provider));
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
 /// A connected admin API client.
@@ -130,7 +73,7 @@ impl ApiClient {
                 let tf = a.token_file.as_ref().context("--api needs --token-file")?;
                 let token = std::fs::read_to_string(tf)
                     .with_context(|| format!("reading {}", tf.display()))?;
-                (api.trim_end_matches('/').to_owned(), token, a.pin.clone())
+                (api.trim_end_matches('/').to_owned(), token, a.pin)
             }
             (None, Some(dir)) => {
                 let url = bootstrap::read_recorded(dir, HTTP_URL_FILE)?.with_context(|| {
@@ -146,12 +89,14 @@ impl ApiClient {
                 let token = std::fs::read_to_string(&tf)
                     .with_context(|| format!("reading {}", tf.display()))?;
                 let fp = match bootstrap::read_recorded(dir, HTTP_CERT_FP_FILE)? {
-                    Some(fp) => fp,
+                    Some(fp) => fp
+                        .parse::<CertFingerprint>()
+                        .with_context(|| format!("{} in {}", HTTP_CERT_FP_FILE, dir.display()))?,
                     None => {
                         let cert = std::fs::read(dir.join(TLS_CERT_FILE)).with_context(|| {
                             format!("reading the certificate in {}", dir.display())
                         })?;
-                        bootstrap::fingerprint(&cert)
+                        CertFingerprint::of(&cert)
                     }
                 };
                 (url, token, Some(fp))
@@ -187,12 +132,17 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "reaching the coordinator at {} (admin commands go through the API of a \
-                     running `ztmesh-coordinator serve`: is it running?)",
+        let resp = req.send().await.map_err(|e| {
+            let hint = if error_chain_mentions(&e, PIN_MISMATCH) {
+                "the server is not the one pinned: check --pin"
+            } else {
+                "admin commands go through the API of a running `ztmesh-coordinator serve`: \
+                 is it running?"
+            };
+            anyhow::Error::new(e).context(format!(
+                "reaching the coordinator at {} ({hint})",
                 self.base
-            )
+            ))
         })?;
         let status = resp.status();
         let text = resp.text().await?;
