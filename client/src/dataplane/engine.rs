@@ -17,7 +17,9 @@ use super::flowlog::FlowLog;
 use super::hsgate::{Admission, HandshakeGate};
 use super::packet::{self, Frag, IcmpKind, Parsed};
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{
+    HandshakeResponse, Packet, PacketCookieReply, PacketData, Tunn, TunnResult,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use ztmesh_common::credential::{CredentialError, NodeCredential, SignedCredential};
@@ -431,41 +433,28 @@ impl Engine {
                 }
             }
         }
-        let (node, index) = match &parsed {
+        // An initiation names its sender by static key (after one DH); every other message
+        // by the receiver index we handed out, whose top 24 bits pick the peer.
+        let found = match &parsed {
             Packet::HandshakeInit(init) => {
                 let Ok(half) = parse_handshake_anon(&id.secret, &id.public, init) else {
                     self.counters.rx_invalid += 1;
                     return;
                 };
-                match self.by_key.get(&half.peer_static_public) {
-                    Some(&n) => (n, None),
-                    None => {
-                        self.counters.rx_unknown_peer += 1;
-                        return;
-                    }
-                }
+                self.by_key
+                    .get(&half.peer_static_public)
+                    .map(|&n| (n, None))
             }
-            Packet::HandshakeResponse(r) => match self.by_index.get(&(r.receiver_idx >> 8)) {
-                Some(&n) => (n, Some(r.receiver_idx >> 8)),
-                None => {
-                    self.counters.rx_unknown_peer += 1;
-                    return;
-                }
-            },
-            Packet::PacketCookieReply(c) => match self.by_index.get(&(c.receiver_idx >> 8)) {
-                Some(&n) => (n, Some(c.receiver_idx >> 8)),
-                None => {
-                    self.counters.rx_unknown_peer += 1;
-                    return;
-                }
-            },
-            Packet::PacketData(d) => match self.by_index.get(&(d.receiver_idx >> 8)) {
-                Some(&n) => (n, Some(d.receiver_idx >> 8)),
-                None => {
-                    self.counters.rx_unknown_peer += 1;
-                    return;
-                }
-            },
+            Packet::HandshakeResponse(HandshakeResponse { receiver_idx, .. })
+            | Packet::PacketCookieReply(PacketCookieReply { receiver_idx, .. })
+            | Packet::PacketData(PacketData { receiver_idx, .. }) => {
+                let index = receiver_idx >> 8;
+                self.by_index.get(&index).map(|&n| (n, Some(index)))
+            }
+        };
+        let Some((node, index)) = found else {
+            self.counters.rx_unknown_peer += 1;
+            return;
         };
         let data_packet = is_data(&parsed);
         let handshake = matches!(
