@@ -4,6 +4,9 @@ use clap::Parser;
 
 fn main() {
     let cli = ztmesh_client::cli::Cli::parse();
+    if !matches!(cli.command, ztmesh_client::cli::Command::Daemon { .. }) {
+        restore_default_sigpipe();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZTMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -19,4 +22,14 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Rust ignores SIGPIPE, so `ztmesh status | head -1` would make `println!` panic on the
+/// closed pipe. A short-lived command should just end there, as other Unix tools do. The
+/// daemon keeps SIGPIPE ignored: it must never die because a reader went away.
+fn restore_default_sigpipe() {
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -301,3 +301,46 @@ fn a_second_daemon_on_a_busy_wireguard_port_fails_with_an_error_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("error: "), "{err}");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused_and_the_first_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(dir.path());
+    // Same state directory (same machine key), its own socket and namespace.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let opts = good_options(dir.path());
+    let socket = other.join("ztmesh.sock");
+    let err = daemon_refuses(&with(&opts, "--socket", socket.to_str().unwrap()));
+    assert!(
+        err.contains("is in use by another ztmesh daemon") && err.contains("--state-dir"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+    assert!(!socket.exists(), "the refused daemon made nothing");
+    let (code, _, stderr) = ztmesh(&["status", "--socket", &first.socket]);
+    assert_eq!(code, 0, "the first daemon still answers: {stderr}");
+    first.stop();
+}
+
+#[test]
+fn a_reader_that_went_away_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    // `ztmesh status | head -0`, made deterministic: the pipe's read end is closed before
+    // the command writes anything.
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let out = Command::new(BIN)
+        .args(["status", "--socket", &daemon.socket])
+        .env_remove("ZTMESH_SOCKET")
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    daemon.stop();
+}

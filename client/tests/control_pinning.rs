@@ -40,8 +40,15 @@ async fn wrong_fingerprint_is_refused_before_hello() {
         Err(e) => e,
     };
     assert!(
-        matches!(err, conn::ConnError::Connect(_)),
-        "expected a TLS failure, got {err}"
+        matches!(err, conn::ConnError::NotPinned(_)),
+        "expected a pin mismatch, got {err}"
+    );
+    let said = err.to_string();
+    assert!(
+        said.contains("not the one the join URL pins")
+            && said.contains(&join.fingerprint.to_string())
+            && said.contains(&server.fingerprint.to_string()),
+        "{said}"
     );
     // The server never received a Hello (nothing about the device leaked to an impostor).
     let seen =

@@ -7,6 +7,7 @@ use crate::keys::MachineKey;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use ztmesh_common::cert_pin::PIN_MISMATCH;
 use ztmesh_common::wire::{
     self, ClientMsg, FrameDecoder, Hello, ServerMsg, Welcome, MACHINE_PROOF_LABEL,
     MACHINE_PROOF_LEN,
@@ -25,6 +26,11 @@ pub enum ConnError {
     Endpoint(std::io::Error),
     #[error("connecting to the coordinator: {0}")]
     Connect(String),
+    #[error(
+        "the coordinator's certificate is not the one the join URL pins (a stale join URL, \
+         or someone intercepting the connection): {0}"
+    )]
+    NotPinned(String),
     #[error("control connection lost: {0}")]
     Lost(String),
     #[error("coordinator protocol error: {0}")]
@@ -67,7 +73,14 @@ async fn connect_inner(join: &JoinUrl, machine: &MachineKey) -> Result<ControlCo
         .connect(addr, &join.host)
         .map_err(|e| ConnError::Connect(e.to_string()))?
         .await
-        .map_err(|e| ConnError::Connect(e.to_string()))?;
+        .map_err(|e| {
+            let detail = e.to_string();
+            if detail.contains(PIN_MISMATCH) {
+                ConnError::NotPinned(detail)
+            } else {
+                ConnError::Connect(detail)
+            }
+        })?;
 
     // The proof signs keying material only this TLS session has, so it cannot be replayed.
     let mut ekm = [0u8; MACHINE_PROOF_LEN];

@@ -181,14 +181,22 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         owner_uid: nix::unistd::geteuid().as_raw(),
         group: opts.config.control_gid()?,
     };
-    // Keys first: a daemon that cannot keep its identity must not start anything else.
-    KeyStore::open(&opts.state_dir).and_then(|k| k.machine_key())?;
-    let dp = plane::start(&opts)
-        .await
-        .context("starting the data plane")?;
-    let daemon = Daemon::new(opts.clone(), dp.clone())?;
+    // The state directory and its keys first: a daemon that cannot own its identity must
+    // not start anything else. Then the control socket, which says at once whether another
+    // daemon runs there, before a TUN device and a UDP port are taken.
+    let keys = KeyStore::open(&opts.state_dir)?;
+    let _state_lock = keys.lock()?;
+    keys.machine_key()?;
     let listener = server::bind(&opts.socket, access)
         .with_context(|| format!("control socket {}", opts.socket.display()))?;
+    let dp = match plane::start(&opts).await {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = std::fs::remove_file(&opts.socket);
+            return Err(e).context("starting the data plane");
+        }
+    };
+    let daemon = Daemon::new(opts.clone(), dp.clone())?;
     tracing::info!(socket = %opts.socket.display(), machine_key = %daemon.machine.public(),
         "ztmesh daemon ready");
     let serve = tokio::spawn(server::serve(

@@ -15,6 +15,8 @@ use ztmesh_common::ids::{MachinePublicKey, WgPublicKey};
 
 const MACHINE_KEY_FILE: &str = "machine.key";
 const NODE_KEY_FILE: &str = "node.key";
+/// Held (flock) by the daemon that owns the state directory.
+const LOCK_FILE: &str = "daemon.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -34,6 +36,18 @@ pub enum KeyError {
     BadLength(PathBuf),
     #[error("key file {path} has mode {mode:o}; it must not be readable by group or others")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "state directory {0} is in use by another ztmesh daemon (one daemon per state \
+         directory: give this one its own --state-dir)"
+    )]
+    InUse(PathBuf),
+}
+
+/// The state directory's lock, held for as long as the daemon runs: two daemons with one
+/// machine key would fight over one device's session and rotate each other's node key.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
 }
 
 /// The device identity: signs the TLS-bound proof in `Hello`.
@@ -87,6 +101,27 @@ impl KeyStore {
         Ok(KeyStore {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Takes the directory's lock, or says that another daemon holds it. The lock is the
+    /// kernel's (flock), so it goes with the process, however that ends.
+    pub fn lock(&self) -> Result<StateLock, KeyError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| KeyError::StateDir {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(KeyError::InUse(self.dir.clone())),
+            Err(fs::TryLockError::Error(source)) => Err(KeyError::StateDir { path, source }),
+        }
     }
 
     /// The machine key, made at the first call.
@@ -174,6 +209,17 @@ fn write_key(path: &Path, bytes: &[u8; 32]) -> Result<(), KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_lock_holder_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let held = store.lock().unwrap();
+        let again = KeyStore::open(dir.path()).unwrap().lock();
+        assert!(matches!(again, Err(KeyError::InUse(_))), "{again:?}");
+        drop(held);
+        store.lock().expect("free once the holder is gone");
+    }
 
     #[test]
     fn keys_persist_with_mode_0600_and_open_files_are_refused() {
