@@ -550,3 +550,19 @@ fn prefixes_stay_prefixes_and_views_hold_only_peers_of_allowed_flows() {
     assert_eq!(changed, vec![NodeId(2), NodeId(3)]);
     assert_eq!(c.remove_node(NodeId(1)), vec![NodeId(1), NodeId(3)]);
 }
+
+#[test]
+fn text_that_is_not_utf8_is_located_like_any_other_error() {
+    let mut src = b"{\n  \"groups\": {\"group:a\": [\"z".to_vec();
+    src.extend([0xFF, b'"', b']', b'}', b'}']);
+    let e = Policy::parse_bytes(&src, "p.hujson").expect_err("must be refused");
+    assert_eq!(
+        e.to_string(),
+        "p.hujson:2:28: byte 0xFF is not UTF-8: expected UTF-8 text"
+    );
+    let ok = Policy::parse_bytes(
+        "{\"groups\": {\"group:a\": [\"zoë@example.com\"]}}".as_bytes(),
+        "p",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}

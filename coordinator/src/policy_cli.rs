@@ -56,9 +56,8 @@ pub fn run(cmd: PolicyFileCmd) -> ExitCode {
 }
 
 fn load(file: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-    Policy::parse(&text, &file.display().to_string()).map_err(|e| e.to_string())
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    Policy::parse_bytes(&bytes, &file.display().to_string()).map_err(|e| e.to_string())
 }
 
 fn check(file: &Path) -> ExitCode {

@@ -2,6 +2,7 @@
 //! remembers where every value and key starts, so that validation can point at
 //! `file:line:column`. Duplicate object keys are refused here, once, for every section.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// A 1-based line and column (columns count characters, not bytes).
@@ -297,7 +298,21 @@ impl Parser {
                         message: "unterminated string: expected a closing '\"'".into(),
                     })
                 }
-                Some('"') => return Ok(out),
+                Some('"') => {
+                    return match out.chars().find(|c| disguising(*c)) {
+                        None => Ok(out),
+                        Some(c) => Err(SyntaxError {
+                            pos: start,
+                            message: format!(
+                                "U+{:04X} in a string: expected printable text (control, \
+                                 invisible and direction-changing characters can make one \
+                                 name look like another, or rewrite the terminal that prints \
+                                 it)",
+                                c as u32
+                            ),
+                        }),
+                    }
+                }
                 Some('\n') => {
                     return Err(SyntaxError {
                         pos: here,
@@ -413,6 +428,7 @@ impl Parser {
     fn object(&mut self, depth: usize) -> Result<Kind, SyntaxError> {
         self.bump(); // {
         let mut members: Vec<Member> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         loop {
             self.skip_ws()?;
             match self.peek() {
@@ -425,7 +441,10 @@ impl Parser {
             }
             let key_pos = self.pos();
             let key = self.string()?;
-            if let Some(first) = members.iter().find(|m| m.key == key) {
+            // An index of the keys seen, so that an object of n keys costs n lookups, not
+            // n² comparisons (policies have groups and hosts by the ten thousand).
+            if let Some(&first) = seen.get(key.as_str()) {
+                let first: &Member = &members[first];
                 return Err(SyntaxError {
                     pos: key_pos,
                     message: format!(
@@ -434,6 +453,7 @@ impl Parser {
                     ),
                 });
             }
+            seen.insert(key.clone(), members.len());
             self.skip_ws()?;
             if self.peek() != Some(':') {
                 return Err(self.err("':' after the key"));
@@ -458,6 +478,16 @@ impl Parser {
     }
 }
 
+/// Characters no policy string has a use for and that can deceive a reader: controls (C0,
+/// DEL, C1, escapes included) and the invisible or bidirectional formatting characters.
+fn disguising(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +504,23 @@ mod tests {
         assert_eq!(ms.len(), 2);
         assert_eq!(ms[0].key_pos, at(2, 11));
         assert_eq!(ms[1].value.pos, at(2, 30));
+    }
+
+    #[test]
+    fn strings_that_could_disguise_a_name_are_refused_without_echoing_them() {
+        for (src, code) in [
+            (r#"{"a": "\u001b[2J FAKE OK"}"#, "U+001B"),
+            ("{\"a\": \"al\u{200B}ice@example.com\"}", "U+200B"),
+            (r#"{"a": "x\u202Egnp.exe"}"#, "U+202E"),
+            ("{\"a\u{7f}\": 1}", "U+007F"),
+            (r#"{"a": "tab\tin a name"}"#, "U+0009"),
+        ] {
+            let e = parse(src).unwrap_err();
+            assert!(e.message.starts_with(code), "{src}: {}", e.message);
+            assert!(!e.message.chars().any(disguising), "{:?}", e.message);
+        }
+        // Other non-ASCII text is fine.
+        assert!(parse(r#"{"a": "zoë@example.com", "b": "東京"}"#).is_ok());
     }
 
     #[test]
