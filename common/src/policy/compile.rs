@@ -6,8 +6,8 @@
 //! A change of one node X is applied as a patch, not a rebuild: X's own view is built afresh;
 //! the peer relation is symmetric, so the nodes whose peer list changes are exactly those
 //! that enter or leave X's peers, and each gets X inserted or removed; and only the nodes
-//! behind rules whose source list X changed get their filter rebuilt (from shared lists, so
-//! that costs a few small allocations per node).
+//! behind rules whose source list X changed get their filter rebuilt: once per class of
+//! nodes in the same destinations of the same rules, whose views then share the rule array.
 
 use super::membership::{contribution, memberships, merge_by_rule, Memberships, RuleIndex};
 use super::peer_list::PeerList;
@@ -64,7 +64,13 @@ struct Lists {
     nets: Interner<IpNet>,
     ports: Interner<PortRange>,
     unions: UnionCache,
+    /// The filter of every node no rule admits anything to.
+    no_rules: Arc<[ViewRule]>,
 }
+
+/// Filters built during one change, by the destination entries they were built for (see
+/// [`Builder::shared_filter`]).
+type Classes<'a> = FastMap<&'a [(u32, Vec<u16>)], Arc<[ViewRule]>>;
 
 impl Lists {
     /// The normalised union of several source lists, computed once for all the views
@@ -123,9 +129,14 @@ impl ViewCompiler {
         let mut ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         ids.sort_unstable();
         let mut changed = Vec::new();
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        let mut classes = Classes::default();
         for id in ids {
-            let (b, lists, nodes) = self.split();
-            let v = b.view(lists, &nodes[&id]);
+            let v = b.view(&mut self.lists, &mut classes, &self.nodes[&id]);
             if self.views.get(&id) != Some(&v) {
                 self.views.insert(id, v);
                 changed.push(id);
@@ -269,8 +280,17 @@ impl ViewCompiler {
             }
         }
         let mut changed = Vec::new();
-        let (b, lists, nodes) = self.split();
-        let new_view = nodes.get(&id).map(|st| b.view(lists, st));
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        let mut classes = Classes::default();
+        let lists = &mut self.lists;
+        let new_view = self
+            .nodes
+            .get(&id)
+            .map(|st| b.view(lists, &mut classes, st));
         let old_view = self.views.remove(&id);
         let no_peers = PeerList::default();
         let old_peers = old_view.as_ref().map_or(&no_peers, |v| &v.peers);
@@ -290,14 +310,9 @@ impl ViewCompiler {
         }
         refilter.sort_unstable();
         refilter.dedup();
-        let b = Builder {
-            policy: &self.policy,
-            index: &self.index,
-            rules: &self.rules,
-        };
-        // Nodes in the same destination entries of the same rules (the servers behind a tag)
-        // get the same filter but for their own addresses: build it once per such class.
-        let mut classes: FastMap<&[(u32, Vec<u16>)], Vec<ViewRule>> = FastMap::default();
+        // Whether a rule array differs from another, by their addresses: the nodes of a class
+        // mostly move from one shared array to another, so this compares once per class.
+        let mut differs: FastMap<(usize, usize), bool> = FastMap::default();
         for d in refilter {
             if d == id {
                 continue;
@@ -305,25 +320,22 @@ impl ViewCompiler {
             let Some(st) = self.nodes.get(&d) else {
                 continue;
             };
-            let filter = if st.m.dst_by_prefix {
-                b.filter(&mut self.lists, st)
-            } else if let Some(same) = classes.get(&st.m.dst[..]) {
-                same.iter()
-                    .map(|r| ViewRule {
-                        dst: st.nets.clone(),
-                        ..r.clone()
-                    })
-                    .collect()
-            } else {
-                let f = b.filter(&mut self.lists, st);
-                classes.insert(&st.m.dst, f.clone());
-                f
-            };
+            let filter = b.shared_filter(lists, &mut classes, st);
             let v = self.views.get_mut(&d).expect("every node has a view");
-            if v.filter != filter {
-                v.filter = filter;
+            if Arc::ptr_eq(&v.filter, &filter) {
+                continue;
+            }
+            // The node's own addresses did not change, so its arrays compare as they are.
+            let key = (
+                Arc::as_ptr(&v.filter).cast::<u8>() as usize,
+                Arc::as_ptr(&filter).cast::<u8>() as usize,
+            );
+            let old = &v.filter;
+            if *differs.entry(key).or_insert_with(|| old[..] != filter[..]) {
                 changed.push(d);
             }
+            // Equal or not, the shared array replaces the node's own copy.
+            v.filter = filter;
         }
         if let Some(v) = new_view {
             if old_view.as_ref() != Some(&v) {
@@ -374,16 +386,6 @@ impl ViewCompiler {
         }
         changed
     }
-
-    /// A view builder over the current rules, the interners and the nodes, borrowed apart.
-    fn split(&mut self) -> (Builder<'_>, &mut Lists, &FastMap<NodeId, NodeState>) {
-        let b = Builder {
-            policy: &self.policy,
-            index: &self.index,
-            rules: &self.rules,
-        };
-        (b, &mut self.lists, &self.nodes)
-    }
 }
 
 /// Builds views from the rules' current member sets.
@@ -394,11 +396,39 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn view(&self, lists: &mut Lists, st: &NodeState) -> NodeView {
+    fn view<'s>(
+        &self,
+        lists: &mut Lists,
+        classes: &mut Classes<'s>,
+        st: &'s NodeState,
+    ) -> NodeView {
         NodeView {
             peers: self.peers(st),
-            filter: self.filter(lists, st),
+            own: st.nets.clone(),
+            filter: self.shared_filter(lists, classes, st),
         }
+    }
+
+    /// The node's filter, one array for all the nodes in the same destination entries of
+    /// the same rules that are built through `classes` (the servers behind a tag): their
+    /// filters differ only in the nodes' own addresses, which rules do not spell out.
+    /// Through a prefix, a rule reaches only a part of a node's addresses, so such nodes
+    /// get their own array.
+    fn shared_filter<'s>(
+        &self,
+        lists: &mut Lists,
+        classes: &mut Classes<'s>,
+        st: &'s NodeState,
+    ) -> Arc<[ViewRule]> {
+        if st.m.dst_by_prefix {
+            return self.filter(lists, st);
+        }
+        if let Some(f) = classes.get(&st.m.dst[..]) {
+            return f.clone();
+        }
+        let f = self.filter(lists, st);
+        classes.insert(&st.m.dst, f.clone());
+        f
     }
 
     /// Both ends of every rule the node is in, but itself.
@@ -419,12 +449,12 @@ impl Builder<'_> {
 
     /// The node's inbound filter: one entry per (destination, protocols, ports) with the
     /// sources of every rule that grants it, then entries that differ only in ports merged.
-    fn filter(&self, lists: &mut Lists, st: &NodeState) -> Vec<ViewRule> {
-        // (dst, protos, ports) -> source lists. Each of these lists is interned or is the
-        // node's own address list, so equal contents are one allocation: groups are found by
-        // identity, without comparing lists.
+    fn filter(&self, lists: &mut Lists, st: &NodeState) -> Arc<[ViewRule]> {
+        // (dst, protos, ports) -> source lists. Each of these lists is interned or is all of
+        // the node's own addresses (`None`), so equal contents are one allocation: groups are
+        // found by identity, without comparing lists.
         type Group<'a> = (
-            Arc<[IpNet]>,
+            Option<Arc<[IpNet]>>,
             &'a Arc<[u8]>,
             &'a Arc<[PortRange]>,
             Vec<&'a Arc<[IpNet]>>,
@@ -437,7 +467,9 @@ impl Builder<'_> {
             }
             let rule = &self.policy.rules[*r as usize];
             for e in entries {
-                let dst: Arc<[IpNet]> = match &rule.dst[*e as usize].selector {
+                // A strict part of the node's addresses, else `None` for all of them: only
+                // then may nodes share the rule (and equal views compare equal).
+                let dst: Option<Arc<[IpNet]>> = match &rule.dst[*e as usize].selector {
                     Selector::Prefix { net, .. } => {
                         let inside: Vec<IpNet> = st
                             .nets
@@ -445,19 +477,13 @@ impl Builder<'_> {
                             .filter(|a| net.contains(*a))
                             .copied()
                             .collect();
-                        if inside.len() == st.nets.len() {
-                            st.nets.clone()
-                        } else {
-                            lists.nets.intern(inside)
-                        }
+                        (inside.len() != st.nets.len()).then(|| lists.nets.intern(inside))
                     }
-                    _ => st.nets.clone(),
+                    _ => None,
                 };
                 for (protos, ports) in &self.index.caps[*r as usize][*e as usize] {
                     let at = groups.iter().position(|g| {
-                        Arc::ptr_eq(&g.0, &dst)
-                            && Arc::ptr_eq(g.1, protos)
-                            && Arc::ptr_eq(g.2, ports)
+                        same_dst(&g.0, &dst) && Arc::ptr_eq(g.1, protos) && Arc::ptr_eq(g.2, ports)
                     });
                     let srcs = match at {
                         Some(i) => &mut groups[i].3,
@@ -484,8 +510,12 @@ impl Builder<'_> {
                 ports: ports.clone(),
             })
             .collect();
+        if filter.is_empty() {
+            return lists.no_rules.clone();
+        }
+        let own = &st.nets;
         filter.sort_by(|a, b| {
-            cmp_lists(&a.dst, &b.dst)
+            cmp_dst(own, &a.dst, &b.dst)
                 .then_with(|| cmp_lists(&a.protos, &b.protos))
                 .then_with(|| cmp_lists(&a.src, &b.src))
                 .then_with(|| cmp_lists(&a.ports, &b.ports))
@@ -501,9 +531,26 @@ impl Builder<'_> {
                 _ => merged.push(f),
             }
         }
-        merged.shrink_to_fit();
-        merged
+        Arc::from(merged)
     }
+}
+
+/// Whether two destinations are one list (`None`: all of the node's addresses).
+fn same_dst(a: &Option<Arc<[IpNet]>>, b: &Option<Arc<[IpNet]>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Orders destinations by the addresses they stand for, as if written out.
+fn cmp_dst(
+    own: &Arc<[IpNet]>,
+    a: &Option<Arc<[IpNet]>>,
+    b: &Option<Arc<[IpNet]>>,
+) -> std::cmp::Ordering {
+    cmp_lists(a.as_ref().unwrap_or(own), b.as_ref().unwrap_or(own))
 }
 
 /// Orders lists by content, with a shortcut for one list compared with itself.
