@@ -27,12 +27,48 @@ struct NodeState {
     m: Memberships,
     /// The node's addresses as host prefixes: the destination of its filter rules.
     nets: Arc<[IpNet]>,
+    /// The number of its destination entries (`m.dst`) in [`ClassIds`].
+    class: u32,
 }
 
 impl NodeState {
-    fn new(node: InventoryNode, m: Memberships) -> Self {
+    fn new(node: InventoryNode, m: Memberships, class: u32) -> Self {
         let nets = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
-        NodeState { node, m, nets }
+        NodeState {
+            node,
+            m,
+            nets,
+            class,
+        }
+    }
+}
+
+/// Numbers the distinct destination entries (`Memberships::dst`) nodes have: nodes with the
+/// same entries and no prefix among them have the same filter but for their own addresses,
+/// and a change that refilters thousands of them finds a node's class by this number rather
+/// than by hashing and comparing its entries again.
+#[derive(Default)]
+struct ClassIds {
+    ids: FastMap<Vec<(u32, Vec<u16>)>, u32>,
+}
+
+impl ClassIds {
+    fn id(&mut self, dst: &[(u32, Vec<u16>)]) -> u32 {
+        if let Some(i) = self.ids.get(dst) {
+            return *i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.insert(dst.to_vec(), i);
+        i
+    }
+
+    /// Numbers the nodes' entries afresh, dropping entries no node has any more (nodes
+    /// that change keep adding entries).
+    fn renumber<'a>(&mut self, nodes: impl Iterator<Item = &'a mut NodeState>) {
+        self.ids.clear();
+        for st in nodes {
+            st.class = self.id(&st.m.dst);
+        }
     }
 }
 
@@ -56,6 +92,7 @@ pub struct ViewCompiler {
     rules: Vec<RuleState>,
     views: FastMap<NodeId, NodeView>,
     lists: Lists,
+    classes: ClassIds,
 }
 
 /// Interners for the lists views share.
@@ -68,9 +105,9 @@ struct Lists {
     no_rules: Arc<[ViewRule]>,
 }
 
-/// Filters built during one change, by the destination entries they were built for (see
+/// Filters built during one change, by the class they were built for (see
 /// [`Builder::shared_filter`]).
-type Classes<'a> = FastMap<&'a [(u32, Vec<u16>)], Arc<[ViewRule]>>;
+type Classes = FastMap<u32, Arc<[ViewRule]>>;
 
 impl Lists {
     /// The normalised union of several source lists, computed once for all the views
@@ -96,6 +133,7 @@ impl ViewCompiler {
             rules,
             views: FastMap::default(),
             lists: Lists::default(),
+            classes: ClassIds::default(),
         }
     }
 
@@ -111,6 +149,7 @@ impl ViewCompiler {
         for st in self.nodes.values_mut() {
             st.m = memberships(&self.policy, &self.index, &st.node);
         }
+        self.classes.renumber(self.nodes.values_mut());
         for (id, st) in &self.nodes {
             for (r, sel) in &st.m.src {
                 let rs = &mut self.rules[*r as usize];
@@ -150,7 +189,11 @@ impl ViewCompiler {
     pub fn upsert_node(&mut self, node: InventoryNode) -> Vec<NodeId> {
         let id = node.id;
         let m = memberships(&self.policy, &self.index, &node);
-        let new = NodeState::new(node, m);
+        if self.classes.ids.len() > 2 * self.nodes.len() + 1024 {
+            self.classes.renumber(self.nodes.values_mut());
+        }
+        let class = self.classes.id(&m.dst);
+        let new = NodeState::new(node, m, class);
         let old = self.nodes.remove(&id);
         let dirty = self.apply_membership_change(id, old.as_ref(), Some(&new));
         self.nodes.insert(id, new);
@@ -396,12 +439,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn view<'s>(
-        &self,
-        lists: &mut Lists,
-        classes: &mut Classes<'s>,
-        st: &'s NodeState,
-    ) -> NodeView {
+    fn view(&self, lists: &mut Lists, classes: &mut Classes, st: &NodeState) -> NodeView {
         NodeView {
             peers: self.peers(st),
             own: st.nets.clone(),
@@ -414,21 +452,19 @@ impl Builder<'_> {
     /// filters differ only in the nodes' own addresses, which rules do not spell out.
     /// Through a prefix, a rule reaches only a part of a node's addresses, so such nodes
     /// get their own array.
-    fn shared_filter<'s>(
+    fn shared_filter(
         &self,
         lists: &mut Lists,
-        classes: &mut Classes<'s>,
-        st: &'s NodeState,
+        classes: &mut Classes,
+        st: &NodeState,
     ) -> Arc<[ViewRule]> {
         if st.m.dst_by_prefix {
             return self.filter(lists, st);
         }
-        if let Some(f) = classes.get(&st.m.dst[..]) {
-            return f.clone();
-        }
-        let f = self.filter(lists, st);
-        classes.insert(&st.m.dst, f.clone());
-        f
+        classes
+            .entry(st.class)
+            .or_insert_with(|| self.filter(lists, st))
+            .clone()
     }
 
     /// Both ends of every rule the node is in, but itself.
@@ -620,9 +656,83 @@ impl ViewCompiler {
     pub fn bulk_load(&mut self, nodes: impl IntoIterator<Item = InventoryNode>) -> Vec<NodeId> {
         for n in nodes {
             self.nodes
-                .insert(n.id, NodeState::new(n, Memberships::default()));
+                .insert(n.id, NodeState::new(n, Memberships::default(), 0));
         }
         let p = self.policy.clone();
         self.set_policy(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posture::PostureAttrs;
+
+    fn server(id: u64, tags: &[&str]) -> InventoryNode {
+        InventoryNode {
+            id: NodeId(id),
+            user: None,
+            user_groups: vec![],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            addresses: vec![format!("100.64.0.{id}").parse().unwrap()],
+            posture: PostureAttrs::new(),
+        }
+    }
+
+    #[test]
+    fn class_numbers_are_renewed_as_nodes_change() {
+        // 60 tags, each reached from tag:a: a node with two of them is in one of 1,770
+        // distinct sets of destination entries.
+        let tags: Vec<String> = (0..60).map(|k| format!("tag:t{k}")).collect();
+        let owners: Vec<String> = tags.iter().map(|t| format!("\"{t}\": []")).collect();
+        let acls: Vec<String> = tags
+            .iter()
+            .map(|t| format!(r#"{{"action": "accept", "src": ["tag:a"], "dst": ["{t}:22"]}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"tagOwners": {{"tag:a": [], {}}}, "acls": [{}]}}"#,
+            owners.join(", "),
+            acls.join(", ")
+        );
+        let policy = Arc::new(Policy::parse(&text, "t.hujson").unwrap());
+        let mut c = ViewCompiler::new(policy.clone());
+        let mut nodes = vec![
+            server(1, &["tag:a"]),
+            server(2, &["tag:t0", "tag:t1"]),
+            server(3, &["tag:t0", "tag:t1"]),
+        ];
+        c.bulk_load(nodes.clone());
+        for k in 0..60 {
+            for j in k + 1..60 {
+                nodes[2] = server(3, &[&tags[k], &tags[j]]);
+                c.upsert_node(nodes[2].clone());
+            }
+        }
+        assert!(
+            c.classes.ids.len() <= 2 * c.len() + 1024,
+            "entries no node has any more were dropped"
+        );
+        // Back in node 2's class: the two share one filter again after a refilter.
+        nodes[2] = server(3, &["tag:t0", "tag:t1"]);
+        c.upsert_node(nodes[2].clone());
+        nodes.push(server(4, &["tag:a"]));
+        c.upsert_node(nodes[3].clone());
+        let fresh = compile_all(policy, nodes);
+        for (id, v) in &fresh {
+            assert_eq!(c.view(*id), Some(v), "view of {id}");
+        }
+        let (b2, b3) = (c.view(NodeId(2)).unwrap(), c.view(NodeId(3)).unwrap());
+        assert!(
+            Arc::ptr_eq(&b2.filter, &b3.filter),
+            "one array for the class"
+        );
+        assert_eq!(
+            b2.filter_rules()[0].dst,
+            ["100.64.0.2/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            b3.filter_rules()[0].dst,
+            ["100.64.0.3/32".parse::<IpNet>().unwrap()]
+        );
     }
 }
