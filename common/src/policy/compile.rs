@@ -354,7 +354,9 @@ impl ViewCompiler {
         refilter.sort_unstable();
         refilter.dedup();
         // Whether a rule array differs from another, by their addresses: the nodes of a class
-        // mostly move from one shared array to another, so this compares once per class.
+        // mostly move from one shared array to another, so this compares once per class. An
+        // address cannot stand for two arrays here: every node's old array was allocated
+        // before this loop and lives until the node is visited, the new ones until its end.
         let mut differs: FastMap<(usize, usize), bool> = FastMap::default();
         for d in refilter {
             if d == id {
