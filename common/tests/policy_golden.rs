@@ -70,7 +70,7 @@ fn render(policy_file: &Path) -> String {
             .map(|p| format!("{p}({})", names[&p]))
             .collect();
         writeln!(out, "  peers: {}", peers.join(" ")).unwrap();
-        for r in &v.filter {
+        for r in v.filter.iter() {
             let protos: Vec<String> = r.protos.iter().map(|p| proto_name(*p)).collect();
             let list = |xs: &[ipnet::IpNet]| {
                 xs.iter()
@@ -84,7 +84,7 @@ fn render(policy_file: &Path) -> String {
                 protos.join("/"),
                 fmt_ports(&r.ports),
                 list(&r.src),
-                list(&r.dst)
+                list(v.dst(r))
             )
             .unwrap();
         }

@@ -236,7 +236,7 @@ proptest! {
                     for pr in PROBE_PROTOS {
                         for port in PROBE_PORTS {
                             let want = reference_allows(&policy, &nodes, s, *dst, pr, Some(port));
-                            let got = view.filter.iter().any(|r| r.allows(s, *dst, pr, Some(port)));
+                            let got = view.allows(s, *dst, pr, Some(port));
                             prop_assert_eq!(got, want, "{} -> {} proto {} port {}\npolicy: {}\nfilter: {:?}", s, dst, pr, port, text, view.filter);
                         }
                     }

@@ -522,7 +522,11 @@ fn prefixes_stay_prefixes_and_views_hold_only_peers_of_allowed_flows() {
             "fd5a:746d:6573::1/128"
         ]
     );
-    let dsts: Vec<String> = web.filter[0].dst.iter().map(|n| n.to_string()).collect();
+    let dsts: Vec<String> = web
+        .dst(&web.filter[0])
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     assert_eq!(dsts, vec!["100.64.0.3/32", "fd5a:746d:6573::3/128"]);
     assert!(views[&NodeId(2)].peers.is_empty() && views[&NodeId(2)].filter.is_empty());
     assert_eq!(

@@ -6,8 +6,8 @@
 //! A change of one node X is applied as a patch, not a rebuild: X's own view is built afresh;
 //! the peer relation is symmetric, so the nodes whose peer list changes are exactly those
 //! that enter or leave X's peers, and each gets X inserted or removed; and only the nodes
-//! behind rules whose source list X changed get their filter rebuilt (from shared lists, so
-//! that costs a few small allocations per node).
+//! behind rules whose source list X changed get their filter rebuilt: once per class of
+//! nodes in the same destinations of the same rules, whose views then share the rule array.
 
 use super::membership::{contribution, memberships, merge_by_rule, Memberships, RuleIndex};
 use super::peer_list::PeerList;
@@ -27,12 +27,48 @@ struct NodeState {
     m: Memberships,
     /// The node's addresses as host prefixes: the destination of its filter rules.
     nets: Arc<[IpNet]>,
+    /// The number of its destination entries (`m.dst`) in [`ClassIds`].
+    class: u32,
 }
 
 impl NodeState {
-    fn new(node: InventoryNode, m: Memberships) -> Self {
+    fn new(node: InventoryNode, m: Memberships, class: u32) -> Self {
         let nets = node.addresses.iter().map(|a| IpNet::from(*a)).collect();
-        NodeState { node, m, nets }
+        NodeState {
+            node,
+            m,
+            nets,
+            class,
+        }
+    }
+}
+
+/// Numbers the distinct destination entries (`Memberships::dst`) nodes have: nodes with the
+/// same entries and no prefix among them have the same filter but for their own addresses,
+/// and a change that refilters thousands of them finds a node's class by this number rather
+/// than by hashing and comparing its entries again.
+#[derive(Default)]
+struct ClassIds {
+    ids: FastMap<Vec<(u32, Vec<u16>)>, u32>,
+}
+
+impl ClassIds {
+    fn id(&mut self, dst: &[(u32, Vec<u16>)]) -> u32 {
+        if let Some(i) = self.ids.get(dst) {
+            return *i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.insert(dst.to_vec(), i);
+        i
+    }
+
+    /// Numbers the nodes' entries afresh, dropping entries no node has any more (nodes
+    /// that change keep adding entries).
+    fn renumber<'a>(&mut self, nodes: impl Iterator<Item = &'a mut NodeState>) {
+        self.ids.clear();
+        for st in nodes {
+            st.class = self.id(&st.m.dst);
+        }
     }
 }
 
@@ -56,6 +92,7 @@ pub struct ViewCompiler {
     rules: Vec<RuleState>,
     views: FastMap<NodeId, NodeView>,
     lists: Lists,
+    classes: ClassIds,
 }
 
 /// Interners for the lists views share.
@@ -64,7 +101,13 @@ struct Lists {
     nets: Interner<IpNet>,
     ports: Interner<PortRange>,
     unions: UnionCache,
+    /// The filter of every node no rule admits anything to.
+    no_rules: Arc<[ViewRule]>,
 }
+
+/// Filters built during one change, by the class they were built for (see
+/// [`Builder::shared_filter`]).
+type Classes = FastMap<u32, Arc<[ViewRule]>>;
 
 impl Lists {
     /// The normalised union of several source lists, computed once for all the views
@@ -90,6 +133,7 @@ impl ViewCompiler {
             rules,
             views: FastMap::default(),
             lists: Lists::default(),
+            classes: ClassIds::default(),
         }
     }
 
@@ -105,6 +149,7 @@ impl ViewCompiler {
         for st in self.nodes.values_mut() {
             st.m = memberships(&self.policy, &self.index, &st.node);
         }
+        self.classes.renumber(self.nodes.values_mut());
         for (id, st) in &self.nodes {
             for (r, sel) in &st.m.src {
                 let rs = &mut self.rules[*r as usize];
@@ -123,9 +168,14 @@ impl ViewCompiler {
         let mut ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         ids.sort_unstable();
         let mut changed = Vec::new();
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        let mut classes = Classes::default();
         for id in ids {
-            let (b, lists, nodes) = self.split();
-            let v = b.view(lists, &nodes[&id]);
+            let v = b.view(&mut self.lists, &mut classes, &self.nodes[&id]);
             if self.views.get(&id) != Some(&v) {
                 self.views.insert(id, v);
                 changed.push(id);
@@ -139,7 +189,11 @@ impl ViewCompiler {
     pub fn upsert_node(&mut self, node: InventoryNode) -> Vec<NodeId> {
         let id = node.id;
         let m = memberships(&self.policy, &self.index, &node);
-        let new = NodeState::new(node, m);
+        if self.classes.ids.len() > 2 * self.nodes.len() + 1024 {
+            self.classes.renumber(self.nodes.values_mut());
+        }
+        let class = self.classes.id(&m.dst);
+        let new = NodeState::new(node, m, class);
         let old = self.nodes.remove(&id);
         let dirty = self.apply_membership_change(id, old.as_ref(), Some(&new));
         self.nodes.insert(id, new);
@@ -269,8 +323,17 @@ impl ViewCompiler {
             }
         }
         let mut changed = Vec::new();
-        let (b, lists, nodes) = self.split();
-        let new_view = nodes.get(&id).map(|st| b.view(lists, st));
+        let b = Builder {
+            policy: &self.policy,
+            index: &self.index,
+            rules: &self.rules,
+        };
+        let mut classes = Classes::default();
+        let lists = &mut self.lists;
+        let new_view = self
+            .nodes
+            .get(&id)
+            .map(|st| b.view(lists, &mut classes, st));
         let old_view = self.views.remove(&id);
         let no_peers = PeerList::default();
         let old_peers = old_view.as_ref().map_or(&no_peers, |v| &v.peers);
@@ -290,14 +353,11 @@ impl ViewCompiler {
         }
         refilter.sort_unstable();
         refilter.dedup();
-        let b = Builder {
-            policy: &self.policy,
-            index: &self.index,
-            rules: &self.rules,
-        };
-        // Nodes in the same destination entries of the same rules (the servers behind a tag)
-        // get the same filter but for their own addresses: build it once per such class.
-        let mut classes: FastMap<&[(u32, Vec<u16>)], Vec<ViewRule>> = FastMap::default();
+        // Whether a rule array differs from another, by their addresses: the nodes of a class
+        // mostly move from one shared array to another, so this compares once per class. An
+        // address cannot stand for two arrays here: every node's old array was allocated
+        // before this loop and lives until the node is visited, the new ones until its end.
+        let mut differs: FastMap<(usize, usize), bool> = FastMap::default();
         for d in refilter {
             if d == id {
                 continue;
@@ -305,25 +365,22 @@ impl ViewCompiler {
             let Some(st) = self.nodes.get(&d) else {
                 continue;
             };
-            let filter = if st.m.dst_by_prefix {
-                b.filter(&mut self.lists, st)
-            } else if let Some(same) = classes.get(&st.m.dst[..]) {
-                same.iter()
-                    .map(|r| ViewRule {
-                        dst: st.nets.clone(),
-                        ..r.clone()
-                    })
-                    .collect()
-            } else {
-                let f = b.filter(&mut self.lists, st);
-                classes.insert(&st.m.dst, f.clone());
-                f
-            };
+            let filter = b.shared_filter(lists, &mut classes, st);
             let v = self.views.get_mut(&d).expect("every node has a view");
-            if v.filter != filter {
-                v.filter = filter;
+            if Arc::ptr_eq(&v.filter, &filter) {
+                continue;
+            }
+            // The node's own addresses did not change, so its arrays compare as they are.
+            let key = (
+                Arc::as_ptr(&v.filter).cast::<u8>() as usize,
+                Arc::as_ptr(&filter).cast::<u8>() as usize,
+            );
+            let old = &v.filter;
+            if *differs.entry(key).or_insert_with(|| old[..] != filter[..]) {
                 changed.push(d);
             }
+            // Equal or not, the shared array replaces the node's own copy.
+            v.filter = filter;
         }
         if let Some(v) = new_view {
             if old_view.as_ref() != Some(&v) {
@@ -374,16 +431,6 @@ impl ViewCompiler {
         }
         changed
     }
-
-    /// A view builder over the current rules, the interners and the nodes, borrowed apart.
-    fn split(&mut self) -> (Builder<'_>, &mut Lists, &FastMap<NodeId, NodeState>) {
-        let b = Builder {
-            policy: &self.policy,
-            index: &self.index,
-            rules: &self.rules,
-        };
-        (b, &mut self.lists, &self.nodes)
-    }
 }
 
 /// Builds views from the rules' current member sets.
@@ -394,11 +441,32 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn view(&self, lists: &mut Lists, st: &NodeState) -> NodeView {
+    fn view(&self, lists: &mut Lists, classes: &mut Classes, st: &NodeState) -> NodeView {
         NodeView {
             peers: self.peers(st),
-            filter: self.filter(lists, st),
+            own: st.nets.clone(),
+            filter: self.shared_filter(lists, classes, st),
         }
+    }
+
+    /// The node's filter, one array for all the nodes in the same destination entries of
+    /// the same rules that are built through `classes` (the servers behind a tag): their
+    /// filters differ only in the nodes' own addresses, which rules do not spell out.
+    /// Through a prefix, a rule reaches only a part of a node's addresses, so such nodes
+    /// get their own array.
+    fn shared_filter(
+        &self,
+        lists: &mut Lists,
+        classes: &mut Classes,
+        st: &NodeState,
+    ) -> Arc<[ViewRule]> {
+        if st.m.dst_by_prefix {
+            return self.filter(lists, st);
+        }
+        classes
+            .entry(st.class)
+            .or_insert_with(|| self.filter(lists, st))
+            .clone()
     }
 
     /// Both ends of every rule the node is in, but itself.
@@ -419,12 +487,12 @@ impl Builder<'_> {
 
     /// The node's inbound filter: one entry per (destination, protocols, ports) with the
     /// sources of every rule that grants it, then entries that differ only in ports merged.
-    fn filter(&self, lists: &mut Lists, st: &NodeState) -> Vec<ViewRule> {
-        // (dst, protos, ports) -> source lists. Each of these lists is interned or is the
-        // node's own address list, so equal contents are one allocation: groups are found by
-        // identity, without comparing lists.
+    fn filter(&self, lists: &mut Lists, st: &NodeState) -> Arc<[ViewRule]> {
+        // (dst, protos, ports) -> source lists. Each of these lists is interned or is all of
+        // the node's own addresses (`None`), so equal contents are one allocation: groups are
+        // found by identity, without comparing lists.
         type Group<'a> = (
-            Arc<[IpNet]>,
+            Option<Arc<[IpNet]>>,
             &'a Arc<[u8]>,
             &'a Arc<[PortRange]>,
             Vec<&'a Arc<[IpNet]>>,
@@ -437,7 +505,9 @@ impl Builder<'_> {
             }
             let rule = &self.policy.rules[*r as usize];
             for e in entries {
-                let dst: Arc<[IpNet]> = match &rule.dst[*e as usize].selector {
+                // A strict part of the node's addresses, else `None` for all of them: only
+                // then may nodes share the rule (and equal views compare equal).
+                let dst: Option<Arc<[IpNet]>> = match &rule.dst[*e as usize].selector {
                     Selector::Prefix { net, .. } => {
                         let inside: Vec<IpNet> = st
                             .nets
@@ -445,19 +515,13 @@ impl Builder<'_> {
                             .filter(|a| net.contains(*a))
                             .copied()
                             .collect();
-                        if inside.len() == st.nets.len() {
-                            st.nets.clone()
-                        } else {
-                            lists.nets.intern(inside)
-                        }
+                        (inside.len() != st.nets.len()).then(|| lists.nets.intern(inside))
                     }
-                    _ => st.nets.clone(),
+                    _ => None,
                 };
                 for (protos, ports) in &self.index.caps[*r as usize][*e as usize] {
                     let at = groups.iter().position(|g| {
-                        Arc::ptr_eq(&g.0, &dst)
-                            && Arc::ptr_eq(g.1, protos)
-                            && Arc::ptr_eq(g.2, ports)
+                        same_dst(&g.0, &dst) && Arc::ptr_eq(g.1, protos) && Arc::ptr_eq(g.2, ports)
                     });
                     let srcs = match at {
                         Some(i) => &mut groups[i].3,
@@ -484,8 +548,12 @@ impl Builder<'_> {
                 ports: ports.clone(),
             })
             .collect();
+        if filter.is_empty() {
+            return lists.no_rules.clone();
+        }
+        let own = &st.nets;
         filter.sort_by(|a, b| {
-            cmp_lists(&a.dst, &b.dst)
+            cmp_dst(own, &a.dst, &b.dst)
                 .then_with(|| cmp_lists(&a.protos, &b.protos))
                 .then_with(|| cmp_lists(&a.src, &b.src))
                 .then_with(|| cmp_lists(&a.ports, &b.ports))
@@ -501,9 +569,26 @@ impl Builder<'_> {
                 _ => merged.push(f),
             }
         }
-        merged.shrink_to_fit();
-        merged
+        Arc::from(merged)
     }
+}
+
+/// Whether two destinations are one list (`None`: all of the node's addresses).
+fn same_dst(a: &Option<Arc<[IpNet]>>, b: &Option<Arc<[IpNet]>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Orders destinations by the addresses they stand for, as if written out.
+fn cmp_dst(
+    own: &Arc<[IpNet]>,
+    a: &Option<Arc<[IpNet]>>,
+    b: &Option<Arc<[IpNet]>>,
+) -> std::cmp::Ordering {
+    cmp_lists(a.as_ref().unwrap_or(own), b.as_ref().unwrap_or(own))
 }
 
 /// Orders lists by content, with a shortcut for one list compared with itself.
@@ -573,9 +658,83 @@ impl ViewCompiler {
     pub fn bulk_load(&mut self, nodes: impl IntoIterator<Item = InventoryNode>) -> Vec<NodeId> {
         for n in nodes {
             self.nodes
-                .insert(n.id, NodeState::new(n, Memberships::default()));
+                .insert(n.id, NodeState::new(n, Memberships::default(), 0));
         }
         let p = self.policy.clone();
         self.set_policy(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posture::PostureAttrs;
+
+    fn server(id: u64, tags: &[&str]) -> InventoryNode {
+        InventoryNode {
+            id: NodeId(id),
+            user: None,
+            user_groups: vec![],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            addresses: vec![format!("100.64.0.{id}").parse().unwrap()],
+            posture: PostureAttrs::new(),
+        }
+    }
+
+    #[test]
+    fn class_numbers_are_renewed_as_nodes_change() {
+        // 60 tags, each reached from tag:a: a node with two of them is in one of 1,770
+        // distinct sets of destination entries.
+        let tags: Vec<String> = (0..60).map(|k| format!("tag:t{k}")).collect();
+        let owners: Vec<String> = tags.iter().map(|t| format!("\"{t}\": []")).collect();
+        let acls: Vec<String> = tags
+            .iter()
+            .map(|t| format!(r#"{{"action": "accept", "src": ["tag:a"], "dst": ["{t}:22"]}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"tagOwners": {{"tag:a": [], {}}}, "acls": [{}]}}"#,
+            owners.join(", "),
+            acls.join(", ")
+        );
+        let policy = Arc::new(Policy::parse(&text, "t.hujson").unwrap());
+        let mut c = ViewCompiler::new(policy.clone());
+        let mut nodes = vec![
+            server(1, &["tag:a"]),
+            server(2, &["tag:t0", "tag:t1"]),
+            server(3, &["tag:t0", "tag:t1"]),
+        ];
+        c.bulk_load(nodes.clone());
+        for k in 0..60 {
+            for j in k + 1..60 {
+                nodes[2] = server(3, &[&tags[k], &tags[j]]);
+                c.upsert_node(nodes[2].clone());
+            }
+        }
+        assert!(
+            c.classes.ids.len() <= 2 * c.len() + 1024,
+            "entries no node has any more were dropped"
+        );
+        // Back in node 2's class: the two share one filter again after a refilter.
+        nodes[2] = server(3, &["tag:t0", "tag:t1"]);
+        c.upsert_node(nodes[2].clone());
+        nodes.push(server(4, &["tag:a"]));
+        c.upsert_node(nodes[3].clone());
+        let fresh = compile_all(policy, nodes);
+        for (id, v) in &fresh {
+            assert_eq!(c.view(*id), Some(v), "view of {id}");
+        }
+        let (b2, b3) = (c.view(NodeId(2)).unwrap(), c.view(NodeId(3)).unwrap());
+        assert!(
+            Arc::ptr_eq(&b2.filter, &b3.filter),
+            "one array for the class"
+        );
+        assert_eq!(
+            b2.filter_rules()[0].dst,
+            ["100.64.0.2/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            b3.filter_rules()[0].dst,
+            ["100.64.0.3/32".parse::<IpNet>().unwrap()]
+        );
     }
 }

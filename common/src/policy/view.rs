@@ -15,28 +15,47 @@ use std::sync::Arc;
 
 /// What one node must know: its peers (both ends of every allowed flow, and nobody else)
 /// and its inbound filter.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeView {
     /// Never the node itself.
     pub peers: PeerList,
-    pub filter: Vec<ViewRule>,
+    /// The node's addresses as host prefixes: the destination of every rule whose `dst` is
+    /// `None`.
+    pub own: Arc<[IpNet]>,
+    /// Rules that admit traffic to all of the node's addresses say so (`dst: None`) rather
+    /// than list them, so nodes that differ only in their addresses (the servers behind a
+    /// tag) hold one rule array between them, and a change to it costs one allocation.
+    pub filter: Arc<[ViewRule]>,
 }
 
 /// One inbound filter rule of a view; the wire form is [`FilterRule`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ViewRule {
     pub src: Arc<[IpNet]>,
-    /// The node's own addresses the rule admits traffic to.
-    pub dst: Arc<[IpNet]>,
+    /// The node's own addresses the rule admits traffic to: `None` for all of them
+    /// ([`NodeView::own`]), else a strict part of them.
+    pub dst: Option<Arc<[IpNet]>>,
     pub protos: Arc<[u8]>,
     pub ports: Arc<[PortRange]>,
 }
 
 impl ViewRule {
-    /// Whether a packet matches (as [`FilterRule::allows`]).
-    pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, dst_port: Option<u16>) -> bool {
+    /// The rule's destination addresses, for a node whose own addresses are `own`.
+    pub fn dst<'a>(&'a self, own: &'a [IpNet]) -> &'a [IpNet] {
+        self.dst.as_deref().unwrap_or(own)
+    }
+
+    /// Whether a packet to a node with addresses `own` matches (as [`FilterRule::allows`]).
+    pub fn allows(
+        &self,
+        own: &[IpNet],
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        dst_port: Option<u16>,
+    ) -> bool {
         rule_allows(
-            (&self.src, &self.dst, &self.protos, &self.ports),
+            (&self.src, self.dst(own), &self.protos, &self.ports),
             src,
             dst,
             proto,
@@ -44,10 +63,11 @@ impl ViewRule {
         )
     }
 
-    pub fn to_filter_rule(&self) -> FilterRule {
+    /// The wire form, for a node whose own addresses are `own`.
+    pub fn to_filter_rule(&self, own: &[IpNet]) -> FilterRule {
         FilterRule {
             src: self.src.to_vec(),
-            dst: self.dst.to_vec(),
+            dst: self.dst(own).to_vec(),
             protos: self.protos.to_vec(),
             ports: self.ports.to_vec(),
         }
@@ -62,31 +82,81 @@ fn arc_bytes<T>(a: &Arc<[T]>) -> usize {
 impl NodeView {
     /// The filter in wire form.
     pub fn filter_rules(&self) -> Vec<FilterRule> {
-        self.filter.iter().map(ViewRule::to_filter_rule).collect()
+        self.filter
+            .iter()
+            .map(|r| r.to_filter_rule(&self.own))
+            .collect()
     }
 
-    /// Heap bytes this view owns: the peer list and the filter's rule array. The lists its
-    /// rules share with other views are counted by [`heap_bytes_shared`], once for all.
+    /// A rule's destination addresses in this view.
+    pub fn dst<'a>(&'a self, r: &'a ViewRule) -> &'a [IpNet] {
+        r.dst(&self.own)
+    }
+
+    /// Whether the filter admits a packet (as [`FilterRule::allows`] over its rules).
+    pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, dst_port: Option<u16>) -> bool {
+        self.filter
+            .iter()
+            .any(|r| r.allows(&self.own, src, dst, proto, dst_port))
+    }
+
+    /// Whether two views' filters are the same rules once destinations are resolved (a
+    /// shared array or an equal one is the common case and costs no list comparison).
+    pub fn same_filter(&self, other: &NodeView) -> bool {
+        let same_own = Arc::ptr_eq(&self.own, &other.own) || self.own == other.own;
+        if same_own && Arc::ptr_eq(&self.filter, &other.filter) {
+            return true;
+        }
+        self.filter.len() == other.filter.len()
+            && self.filter.iter().zip(other.filter.iter()).all(|(a, b)| {
+                a.src == b.src
+                    && a.protos == b.protos
+                    && a.ports == b.ports
+                    && (same_own && a.dst == b.dst || self.dst(a) == other.dst(b))
+            })
+    }
+
+    /// Heap bytes this view owns: its peer list. Its own address list and its rule array
+    /// (with the lists in it) may be shared with other views and are counted by
+    /// [`heap_bytes_shared`], once for all.
     pub fn heap_bytes(&self) -> usize {
-        self.peers.heap_bytes() + self.filter.capacity() * size_of::<ViewRule>()
+        self.peers.heap_bytes()
     }
 }
+
+/// Views are equal when a node would be told the same: the same peers and the same filter
+/// in wire form (whether or not a destination is spelt out as the node's own addresses).
+impl PartialEq for NodeView {
+    fn eq(&self, other: &NodeView) -> bool {
+        self.peers == other.peers && self.same_filter(other)
+    }
+}
+
+impl Eq for NodeView {}
 
 /// Heap bytes of many views together: what each owns, plus every shared list once.
 pub fn heap_bytes_shared<'a>(views: impl IntoIterator<Item = &'a NodeView>) -> usize {
     let mut seen: HashSet<*const u8> = HashSet::new();
     let mut total = 0;
     let mut once = |ptr: *const u8, bytes: usize| {
-        if seen.insert(ptr) {
+        let new = seen.insert(ptr);
+        if new {
             total += bytes;
         }
+        new
     };
     let mut owned = 0;
     for v in views {
         owned += v.heap_bytes();
-        for r in &v.filter {
+        once(Arc::as_ptr(&v.own).cast(), arc_bytes(&v.own));
+        if !once(Arc::as_ptr(&v.filter).cast(), arc_bytes(&v.filter)) {
+            continue;
+        }
+        for r in v.filter.iter() {
             once(Arc::as_ptr(&r.src).cast(), arc_bytes(&r.src));
-            once(Arc::as_ptr(&r.dst).cast(), arc_bytes(&r.dst));
+            if let Some(d) = &r.dst {
+                once(Arc::as_ptr(d).cast(), arc_bytes(d));
+            }
             once(Arc::as_ptr(&r.protos).cast(), arc_bytes(&r.protos));
             once(Arc::as_ptr(&r.ports).cast(), arc_bytes(&r.ports));
         }
@@ -227,13 +297,17 @@ mod tests {
     use super::*;
     use crate::ids::NodeId;
 
-    fn rule(src: &Arc<[IpNet]>, dst: &str) -> ViewRule {
+    fn rule(src: &Arc<[IpNet]>) -> ViewRule {
         ViewRule {
             src: src.clone(),
-            dst: Arc::from(vec![dst.parse::<IpNet>().unwrap()]),
+            dst: None,
             protos: Arc::from(vec![6u8]),
             ports: Arc::from(vec![PortRange::single(443)]),
         }
+    }
+
+    fn own(a: &str) -> Arc<[IpNet]> {
+        Arc::from(vec![a.parse::<IpNet>().unwrap()])
     }
 
     #[test]
@@ -241,29 +315,70 @@ mod tests {
         let src: Arc<[IpNet]> = Arc::from(vec!["100.64.0.0/24".parse::<IpNet>().unwrap(); 10]);
         let a = NodeView {
             peers: PeerList::from_sorted(&[NodeId(2)]),
-            filter: vec![rule(&src, "100.64.1.1/32")],
+            own: own("100.64.1.1/32"),
+            filter: Arc::from(vec![rule(&src)]),
         };
         let b = NodeView {
             peers: PeerList::from_sorted(&[NodeId(1)]),
-            filter: vec![rule(&src, "100.64.1.2/32")],
+            own: own("100.64.1.2/32"),
+            filter: Arc::from(vec![rule(&src)]),
         };
         let alone = heap_bytes_shared([&a]);
         let both = heap_bytes_shared([&a, &b]);
         // The second view adds its own parts but not the shared source list again.
         assert!(both < 2 * alone);
         assert_eq!(both - alone, alone - arc_bytes(&src));
-        let r = &a.filter[0];
-        assert!(r.allows(
+        assert!(a.allows(
             "100.64.0.9".parse().unwrap(),
             "100.64.1.1".parse().unwrap(),
             6,
             Some(443)
         ));
-        assert_eq!(
-            r.to_filter_rule().src.len(),
-            10,
-            "wire form carries the list"
-        );
+        assert!(!a.allows(
+            "100.64.0.9".parse().unwrap(),
+            "100.64.1.2".parse().unwrap(),
+            6,
+            Some(443)
+        ));
+        let wire = a.filter_rules();
+        assert_eq!(wire[0].src.len(), 10, "wire form carries the list");
+        assert_eq!(wire[0].dst, [a.own[0]], "and the node's own addresses");
+        // One rule array shared by both views is counted once.
+        let shared = NodeView {
+            filter: a.filter.clone(),
+            ..b.clone()
+        };
+        assert!(heap_bytes_shared([&a, &shared]) < both);
+    }
+
+    #[test]
+    fn views_compare_by_resolved_destinations() {
+        let src: Arc<[IpNet]> = Arc::from(vec!["100.64.0.0/24".parse::<IpNet>().unwrap()]);
+        let mine = own("100.64.1.1/32");
+        let implicit = NodeView {
+            peers: PeerList::default(),
+            own: mine.clone(),
+            filter: Arc::from(vec![rule(&src)]),
+        };
+        let spelt = NodeView {
+            filter: Arc::from(vec![ViewRule {
+                dst: Some(Arc::from(mine.to_vec())),
+                ..rule(&src)
+            }]),
+            ..implicit.clone()
+        };
+        assert_eq!(implicit, spelt);
+        assert_eq!(implicit.filter_rules(), spelt.filter_rules());
+        let elsewhere = NodeView {
+            own: own("100.64.1.2/32"),
+            ..implicit.clone()
+        };
+        assert_ne!(implicit, elsewhere, "same array, other addresses");
+        let no_filter = |a: &str| NodeView {
+            own: own(a),
+            ..NodeView::default()
+        };
+        assert_eq!(no_filter("100.64.1.1/32"), no_filter("100.64.1.2/32"));
     }
 
     #[test]
