@@ -344,3 +344,32 @@ fn a_reader_that_went_away_ends_a_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     daemon.stop();
 }
+
+#[test]
+fn a_malformed_auth_key_or_hostname_is_refused_before_the_daemon_is_asked() {
+    let join = format!("ztmesh://198.18.0.10:7443?fp=sha256:{}", "ab".repeat(32));
+    let secret = format!("ztk_{}", "s3cr3t".repeat(20_000));
+    let (code, _, err) = ztmesh(&[
+        "up",
+        "--coordinator",
+        &join,
+        "--auth-key",
+        &secret,
+        "--socket",
+        "/nonexistent/ztmesh.sock",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not a pre-auth key"), "{err}");
+    assert!(!err.contains("s3cr3t"), "the key is never shown: {err}");
+    let (code, _, err) = ztmesh(&[
+        "up",
+        "--coordinator",
+        &join,
+        "--hostname",
+        "bad name/../x",
+        "--socket",
+        "/nonexistent/ztmesh.sock",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not valid (1-63 letters"), "{err}");
+}

@@ -63,6 +63,7 @@ pub struct Hello {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoginRequest {
+    /// As [`check_hostname`] allows.
     pub hostname: String,
     pub wg_public_key: WgPublicKey,
     pub auth: LoginAuth,
@@ -225,6 +226,26 @@ impl FrameDecoder {
     /// Bytes buffered but not yet returned as a message.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+}
+
+/// Hostnames become DNS labels, log fields and `ztmesh ping` names: 1-63 ASCII letters,
+/// digits, `-`, `_` and `.`. Both sides check: the CLI before it asks, the coordinator
+/// whatever a client sends.
+pub fn check_hostname(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        // Debug form: a control character in the name is shown escaped, not sent to the
+        // terminal.
+        Err(format!(
+            "hostname {:?} is not valid (1-63 letters, digits, '-', '_', '.')",
+            h.chars().take(64).collect::<String>()
+        ))
     }
 }
 

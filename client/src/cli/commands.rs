@@ -16,6 +16,11 @@ pub async fn run(cmd: Command) -> anyhow::Result<i32> {
             hostname,
             timeout,
         } => {
+            let auth_key = auth_key
+                .as_deref()
+                .map(super::parse_auth_key)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let req = Request::Up {
                 coordinator: coordinator.to_string(),
                 auth_key,

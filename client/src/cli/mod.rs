@@ -66,7 +66,7 @@ pub enum Command {
         #[arg(long, env = "ZTMESH_AUTH_KEY", hide_env_values = true)]
         auth_key: Option<String>,
         /// Hostname to register (default: the system hostname).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_hostname)]
         hostname: Option<String>,
         /// Give up after this long, e.g. 90s, 5m or 1h30m (a bare number is seconds; default
         /// and 0: wait as long as it takes).
@@ -104,6 +104,29 @@ pub enum Command {
 }
 
 /// `--timeout`: a duration such as `90s` or `1h30m`, or plain seconds.
+fn parse_hostname(s: &str) -> Result<String, String> {
+    ztmesh_common::wire::check_hostname(s).map(|()| s.to_string())
+}
+
+/// Pre-auth keys are `ztk_` and a few dozen URL-safe characters; anything far longer or not
+/// printable ASCII is a paste gone wrong. The key is a secret, so the error never shows it
+/// (which is why this is not a clap value parser: clap's error repeats the value).
+pub(crate) fn parse_auth_key(s: &str) -> Result<String, String> {
+    const MAX: usize = 256;
+    let key = s.trim();
+    if key.is_empty() {
+        return Err("the pre-auth key is empty".into());
+    }
+    if key.len() > MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "this is not a pre-auth key ({} bytes; a key is at most {MAX} printable ASCII \
+             characters, as `ztmesh-coordinator preauth create` prints it)",
+            s.len()
+        ));
+    }
+    Ok(key.to_string())
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
@@ -206,5 +229,29 @@ mod tests {
         assert_eq!(parse_timeout("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_timeout("soon").is_err());
         assert!(parse_timeout("-1").is_err());
+    }
+
+    #[test]
+    fn hostnames_and_auth_keys_are_checked_before_the_daemon_is_asked() {
+        assert_eq!(parse_hostname("web-1.lab"), Ok("web-1.lab".into()));
+        for bad in [
+            "",
+            "bad name/../x",
+            &"a".repeat(64),
+            "caf\u{e9}",
+            "x\u{1b}[2J",
+        ] {
+            let e = parse_hostname(bad).unwrap_err();
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+        assert_eq!(
+            parse_auth_key(" ztk_abc-DEF_123\n"),
+            Ok("ztk_abc-DEF_123".into())
+        );
+        let secret = format!("ztk_{}", "s".repeat(100_000));
+        let e = parse_auth_key(&secret).unwrap_err();
+        assert!(e.contains("100004 bytes") && !e.contains("sss"), "{e}");
+        assert!(parse_auth_key("ztk_with space").is_err());
+        assert!(parse_auth_key("   ").is_err());
     }
 }

@@ -83,6 +83,12 @@ async fn up(
     hostname: Option<String>,
     tx: &mpsc::Sender<Reply>,
 ) {
+    // The CLI checks too; the daemon must not take (and show as its own) a name that the
+    // coordinator will refuse.
+    if let Some(Err(message)) = hostname.as_deref().map(ztmesh_common::wire::check_hostname) {
+        let _ = tx.send(Reply::Error { message }).await;
+        return;
+    }
     let same_name = hostname
         .as_ref()
         .is_none_or(|h| *h == d.shared.lock().hostname);

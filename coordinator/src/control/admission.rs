@@ -14,7 +14,7 @@ use ztmesh_common::addr::overlay_addrs;
 use ztmesh_common::ids::{MachinePublicKey, NodeId};
 use ztmesh_common::posture::{attr, PostureAttrs};
 use ztmesh_common::time::UnixMillis;
-use ztmesh_common::wire::{LoginAuth, LoginRequest, RenewRequest, ServerMsg};
+use ztmesh_common::wire::{check_hostname, LoginAuth, LoginRequest, RenewRequest, ServerMsg};
 
 /// At most this many endpoints per node are kept and passed on.
 const MAX_ENDPOINTS: usize = 16;
@@ -87,22 +87,6 @@ fn unavailable(e: impl std::fmt::Display) -> LoginStep {
     LoginStep::Refused(vec![
         "the coordinator could not reach its storage; try again".into(),
     ])
-}
-
-/// Hostnames become DNS labels and log fields: keep them short and plain.
-fn check_hostname(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
-        && h.len() <= 63
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "hostname {:?} is not valid (1-63 letters, digits, '-', '_', '.')",
-            h.chars().take(64).collect::<String>()
-        ))
-    }
 }
 
 /// A device cannot report `custom:*` attributes: those come from admins and MDM/EDR feeds.
