@@ -213,6 +213,16 @@ fn cli_ping_posture_and_down_against_a_live_daemon() {
         .unwrap();
     assert_ne!(code, 0, "ping to an unknown peer: {out}");
     assert!(out.contains("nosuchpeer"), "ping to an unknown peer: {out}");
+    // The other way the policy grants nothing: laptop's filter drops web's echo, and the
+    // CLI says what silence can mean.
+    let (code, out) = web
+        .run_cli(&lab, &["ping", "laptop", "--count", "1"])
+        .unwrap();
+    assert_ne!(code, 0, "a denied ping: {out}");
+    assert!(
+        out.contains("0/1") && out.contains("policy does not admit ICMP"),
+        "a denied ping: {out}"
+    );
 
     // `ztmesh posture --json` says what would be reported, and that it came from a fixture.
     let (code, out) = laptop.run_cli(&lab, &["posture", "--json"]).unwrap();

@@ -179,6 +179,15 @@ async fn ping(socket: &Path, peer: String, count: u32) -> anyhow::Result<i32> {
             Reply::PingTimeout { seq } => println!("seq={seq}: no reply within 1 s"),
             Reply::Done { message } => {
                 println!("{message}");
+                if got == 0 && !failed {
+                    // Each side enforces its own inbound filter, so silence is what a denied
+                    // echo looks like from here.
+                    eprintln!(
+                        "no reply: either the peer's policy does not admit ICMP from this \
+                         device, or the peer is offline (`ztmesh status` shows its last \
+                         handshake)"
+                    );
+                }
                 return Ok(if got > 0 && !failed {
                     exit::OK
                 } else {
