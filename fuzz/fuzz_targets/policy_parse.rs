@@ -9,11 +9,11 @@ use ztmesh_common::policy::{condition, InventoryNode, Policy, Query, ViewCompile
 use ztmesh_common::posture::PostureAttrs;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = condition::parse(text);
-    let policy = match Policy::parse(text, "fuzz.hujson") {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = condition::parse(text);
+    }
+    // From bytes, as a file is read: text that is not UTF-8 is an error with a position too.
+    let policy = match Policy::parse_bytes(data, "fuzz.hujson") {
         Ok(p) => p,
         Err(e) => {
             // Every error names a position.
