@@ -150,6 +150,80 @@ pub fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
+/// A DNS name: dot-separated labels of letters, digits, `-` (not at a label's ends) and `_`
+/// (found in internal host names), at most 253 characters. A trailing dot is allowed.
+fn is_dns_name(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The public address goes verbatim into the join URL every client is given, so it must be
+/// `HOST:PORT` (a DNS name or an IPv4 address) or `[IPv6]:PORT`, with a port other than 0.
+pub fn check_public_addr(addr: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::Invalid(format!(
+            "public address {addr:?} {why}: give HOST:PORT (a DNS name or an IP address; \
+             IPv6 as [ADDR]:PORT), e.g. coord.example.com:7443"
+        ))
+    };
+    let port = if let Some(rest) = addr.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("has no port after the bracketed IPv6 address"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("has an invalid IPv6 address in brackets"));
+        }
+        p
+    } else {
+        let (h, p) = addr.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+        if h.contains(':') {
+            return Err(bad("is an IPv6 address without brackets"));
+        }
+        if !is_dns_name(h) {
+            return Err(bad("has an invalid host name"));
+        }
+        p
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(bad("has an invalid port (1-65535)")),
+    }
+}
+
+/// The base URL is the start of every login link sent to users: an absolute `http` or
+/// `https` URL with a host, and no credentials, query or fragment (the path is appended to).
+pub fn check_base_url(url: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::Invalid(format!(
+            "HTTP base URL {url:?} {why}: give an absolute http(s) URL without query or \
+             fragment, e.g. https://coord.example.com or https://example.com/ztmesh"
+        ))
+    };
+    let u = reqwest::Url::parse(url).map_err(|e| bad(&format!("does not parse ({e})")))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(bad("is not http or https"));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad("has credentials in it"));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(bad("has a query or fragment"));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Merge flags/variables over the file over the defaults, and check the result.
     pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
@@ -170,22 +244,19 @@ impl Config {
             .http_listen
             .or(file.http_listen)
             .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.parse().expect("valid default"));
-        let public_addr = args
-            .public_addr
-            .clone()
-            .or(file.public_addr)
-            .unwrap_or_else(|| {
-                if control_listen.ip().is_unspecified() {
-                    format!("{}:{}", host_name(), control_listen.port())
-                } else {
-                    control_listen.to_string()
-                }
-            });
-        if !public_addr.contains(':') {
-            return Err(ConfigError::Invalid(format!(
-                "public address {public_addr:?} must be HOST:PORT"
-            )));
+        let explicit_public = args.public_addr.clone().or(file.public_addr);
+        // Only a given value is checked: the derived one is built from a socket address (its
+        // port may be 0 in tests that bind any port) or this machine's host name.
+        if let Some(a) = &explicit_public {
+            check_public_addr(a)?;
         }
+        let public_addr = explicit_public.unwrap_or_else(|| {
+            if control_listen.ip().is_unspecified() {
+                format!("{}:{}", host_name(), control_listen.port())
+            } else {
+                control_listen.to_string()
+            }
+        });
         let behind_proxy = args.http_insecure_behind_proxy || file.http_insecure_behind_proxy;
         let plain_loopback = args.http_plain_loopback || file.http_plain_loopback;
         let http_mode = if behind_proxy {
@@ -202,6 +273,9 @@ impl Config {
             HttpMode::Tls
         };
         let explicit_base = args.http_base_url.clone().or(file.http_base_url);
+        if let Some(b) = &explicit_base {
+            check_base_url(b)?;
+        }
         let http_base_derived = explicit_base.is_none();
         let http_base_url = explicit_base
             .unwrap_or_else(|| {
@@ -294,6 +368,84 @@ mod tests {
         args.http_plain_loopback = false;
         args.http_insecure_behind_proxy = true;
         assert_eq!(Config::resolve(&args).unwrap().http_mode, HttpMode::Plain);
+    }
+
+    #[test]
+    fn public_addr_must_be_host_port() {
+        for ok in [
+            "coord.example.com:7443",
+            "coord:1",
+            "10.0.0.1:7443",
+            "[::1]:7443",
+            "[fd00::5]:65535",
+            "my_host.lan.:7443",
+        ] {
+            assert!(check_public_addr(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "bad host:port",
+            "bad host:7443",
+            "host",
+            "host:",
+            "host:0",
+            "host:70000",
+            "host:+1",
+            ":7443",
+            "::1:7443",
+            "[::1]",
+            "[nothex]:7443",
+            "-a.example:7443",
+            "a..b:7443",
+            "a/b:7443",
+            "a?fp=x:7443",
+        ] {
+            assert!(check_public_addr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn base_url_must_be_absolute_http_without_query() {
+        for ok in [
+            "https://coord.example.com",
+            "http://127.0.0.1:7080",
+            "https://[::1]:7080/",
+            "https://example.com/ztmesh",
+        ] {
+            assert!(check_base_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "coord.example.com",
+            "/login",
+            "ftp://coord.example.com",
+            "https://coord.example.com/?a=b",
+            "https://coord.example.com/#x",
+            "https://user:pw@coord.example.com",
+            "https://",
+            "",
+        ] {
+            assert!(check_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_addresses_in_the_file_are_refused_too() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(&f, "data_dir = \"/tmp/x\"\npublic_addr = \"bad host:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("public address"), "{e}");
+        std::fs::write(
+            &f,
+            "data_dir = \"/tmp/x\"\nhttp_base_url = \"javascript:alert(1)\"\n",
+        )
+        .unwrap();
+        let e = Config::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("HTTP base URL"), "{e}");
     }
 
     #[test]

@@ -62,7 +62,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
-    /// Flow events the devices' packet filters reported (denied flows), newest first.
+    /// Flow events the devices' packet filters reported (denied and allowed), newest first.
     Flows {
         #[command(flatten)]
         api: ApiArgs,
@@ -133,7 +133,32 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
+/// Everything `serve` creates in the data directory holds secrets or what guards them (the
+/// signing key, the admin token, the database with TOTP secrets and password hashes): private
+/// to the service user whatever umask it was started with. Set first, before any file or
+/// directory is made (by us or by sled), so no file is ever briefly readable by others.
+fn private_umask() {
+    // SAFETY: umask only sets this process's file-mode mask; no thread has started yet.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Short-lived commands die quietly of SIGPIPE, as Unix tools do, when the reader of their
+/// output goes away (`... | head -1`). Rust ignores SIGPIPE, so without this every print to
+/// a closed pipe panics. Restoring the default covers every write (println!, eprintln!, the
+/// libraries') where handling `BrokenPipe` at each print would miss some; socket writes are
+/// unaffected (std and tokio send with MSG_NOSIGNAL and see EPIPE as an error). Not for
+/// `serve`: a long-running server must never be killed by a client that disconnected.
+fn default_sigpipe() {
+    // SAFETY: resets one signal's disposition to the default; no thread has started yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn serve_cmd(args: ServeArgs) -> ExitCode {
+    private_umask();
     let cfg = match Config::resolve(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -171,6 +196,9 @@ fn serve_cmd(args: ServeArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        default_sigpipe();
+    }
     let (api, cmd) = match cli.cmd {
         Cmd::Serve(args) => return serve_cmd(*args),
         Cmd::JoinUrl { data_dir } => {

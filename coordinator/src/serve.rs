@@ -94,6 +94,14 @@ fn local_url(bound: SocketAddr, mode: HttpMode) -> String {
     format!("{scheme}://{ip}:{}", bound.port())
 }
 
+/// A line for the operator on stdout. `serve` ignores SIGPIPE, so a write to a closed stdout
+/// (`serve | head -1`, a supervisor that closed it) fails, and `println!` would panic: the
+/// server must keep running, so the failure is ignored.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Run the coordinator until `shutdown` resolves.
 pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let dir = &cfg.data_dir;
@@ -107,7 +115,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> 
         info!(dir = %dir.display(), "first start: made the signing key, TLS certificate and admin token (mode 0600)");
     }
     // stdout, not the log: scripts and the operator read it.
-    println!("join URL: {join_url}");
+    say(&format!("join URL: {join_url}"));
 
     // Bind HTTP first: with port 0 the login links must name the port actually bound.
     let listener = TcpListener::bind(cfg.http_listen)
@@ -169,7 +177,8 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> 
         app = app.merge(crate::identity::oidc::router(provider, sink.clone()));
         info!("OIDC sign-in enabled");
     }
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(1024 * 1024));
+    // The login pages' limit; the API's routes carry their own (docs/api.md).
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(api::BODY_LIMIT));
 
     bootstrap::record(dir, HTTP_ADDR_FILE, &http_addr.to_string())?;
     bootstrap::record(dir, HTTP_URL_FILE, &local_url(http_addr, cfg.http_mode))?;
@@ -198,7 +207,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send) -> 
         base_url = %cfg.http_base_url,
         "coordinator ready"
     );
-    println!("ready: control={control_addr} http={http_addr}");
+    say(&format!("ready: control={control_addr} http={http_addr}"));
 
     serve_http(listener, app, tls, shutdown).await;
     info!("shutting down");

@@ -271,3 +271,167 @@ async fn a_refused_policy_leaves_the_running_one_in_force() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["decision"], "accept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let api = start().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let resp = api
+            .http
+            .get(format!("{}/api/v1/whoami", api.base))
+            .header("authorization", format!("{scheme} {ADMIN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "scheme {scheme:?}");
+    }
+    // Only the scheme is case-insensitive: the token is not, and other schemes are refused.
+    for header in [
+        format!("bearer {}", ADMIN.to_uppercase()),
+        format!("Bearerx {ADMIN}"),
+        format!("bearer-{ADMIN}"),
+        format!("Basic {ADMIN}"),
+    ] {
+        let resp = api
+            .http
+            .get(format!("{}/api/v1/whoami", api.base))
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{header:?}");
+    }
+    assert_eq!(auth::bearer_token("bearer abc"), Some("abc"));
+    assert_eq!(auth::bearer_token("Bearerabc"), None);
+}
+
+/// Status and body of a request, the body parsed as JSON (panics if it is not).
+async fn raw(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut r = api
+        .http
+        .request(method, format!("{}{path}", api.base))
+        .bearer_auth(ADMIN)
+        .body(body.to_owned());
+    if let Some(ct) = content_type {
+        r = r.header("content-type", ct);
+    }
+    let resp = r.send().await.unwrap();
+    let st = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/json"),
+        "{path}: {st} {text:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["error"].is_string(), "{path}: {v}");
+    (st, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_json_in_the_documented_shape() {
+    use reqwest::Method;
+    let api = start().await;
+    let json = Some("application/json");
+    let (st, v) = raw(&api, Method::POST, "/api/v1/policy/check", None, "{}").await;
+    assert_eq!(st, 415);
+    assert!(v["error"].as_str().unwrap().contains("Content-Type"), "{v}");
+    let (st, v) = raw(&api, Method::POST, "/api/v1/policy/check", json, "{nope").await;
+    assert_eq!(st, 400);
+    assert!(v["error"].as_str().unwrap().contains("JSON"), "{v}");
+    let (st, _) = raw(&api, Method::POST, "/api/v1/policy/check", json, "{}").await;
+    assert_eq!(st, 422, "missing field");
+    let (st, v) = raw(&api, Method::GET, "/api/v1/audit?limit=-1", None, "").await;
+    assert_eq!(st, 400);
+    assert!(v["error"].as_str().unwrap().contains("query string"), "{v}");
+    let (st, _) = raw(&api, Method::GET, "/api/v1/flows?verdict=maybe", None, "").await;
+    assert_eq!(st, 400);
+    let (st, v) = raw(&api, Method::GET, "/api/v1/nope", None, "").await;
+    assert_eq!(st, 404);
+    assert_eq!(v["error"], "no such path: /api/v1/nope");
+    let (st, _) = raw(&api, Method::GET, "/not-the-api", None, "").await;
+    assert_eq!(st, 404);
+    let (st, v) = raw(&api, Method::DELETE, "/api/v1/policy", None, "").await;
+    assert_eq!(st, 405);
+    assert_eq!(v["error"], "method not allowed");
+    // An unknown path is unknown without a token too.
+    let resp = api
+        .http
+        .get(format!("{}/api/v1/nope", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+/// A request through the real router without a socket, so that a body over the limit is
+/// answered deterministically (over TCP the server may close before the client wrote it all).
+async fn oneshot(api: &Api, method: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let resp = api::router(api.state.clone()).oneshot(req).await.unwrap();
+    let st = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (st, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limits_are_8_mib_for_policies_and_1_mib_elsewhere_with_json_errors() {
+    let api = start().await;
+    let text_of = |n: usize| {
+        serde_json::to_vec(&serde_json::json!({ "text": format!("{}\n{{}}", "/".repeat(n)) }))
+            .unwrap()
+    };
+    // 1.5 MB policy text: checked (it is only a comment and `{}`).
+    let (st, v) = oneshot(&api, "POST", "/api/v1/policy/check", text_of(1_500_000)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    // Over 8 MiB: refused, as JSON.
+    let (st, v) = oneshot(
+        &api,
+        "POST",
+        "/api/v1/policy/check",
+        text_of(api::POLICY_BODY_LIMIT + 1),
+    )
+    .await;
+    assert_eq!(st, 413);
+    assert!(v["error"].as_str().unwrap().contains("length limit"), "{v}");
+    let (st, _) = oneshot(
+        &api,
+        "PUT",
+        "/api/v1/policy",
+        text_of(api::POLICY_BODY_LIMIT),
+    )
+    .await;
+    assert_eq!(st, 413);
+    // Elsewhere 1 MiB.
+    let (st, v) = oneshot(
+        &api,
+        "POST",
+        "/api/v1/policy/explain",
+        text_of(api::BODY_LIMIT),
+    )
+    .await;
+    assert_eq!(st, 413, "{v}");
+    assert!(v["error"].is_string(), "{v}");
+    assert_eq!(api::POLICY_BODY_LIMIT, 8 << 20);
+    assert_eq!(api::BODY_LIMIT, 1 << 20);
+}

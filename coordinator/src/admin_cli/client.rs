@@ -135,6 +135,13 @@ impl ApiClient {
         let resp = req.send().await.map_err(|e| {
             let hint = if error_chain_mentions(&e, PIN_MISMATCH) {
                 "the server is not the one pinned: check --pin"
+            } else if error_chain_mentions(&e, "invalid peer certificate") {
+                // No --pin, and the web PKI does not vouch for the certificate: the usual case
+                // of a coordinator with its own self-signed certificate. Not a connectivity
+                // problem, so do not ask whether it is running.
+                "the server's certificate is not trusted (a coordinator's own certificate is \
+                 self-signed): pin it with --pin sha256:HEX, the value in DATA_DIR/http-cert-fp \
+                 on the coordinator's host"
             } else {
                 "admin commands go through the API of a running `ztmesh-coordinator serve`: \
                  is it running?"

@@ -6,7 +6,7 @@ pub mod client;
 use crate::audit::format_time;
 use crate::policy_cli::{self, PolicyFileCmd};
 use crate::store::AuditRecord;
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 use client::{ApiArgs, ApiClient, ApiFailure};
 use reqwest::Method;
@@ -125,7 +125,8 @@ pub enum TokensCmd {
     },
 }
 
-/// `flows`: what the devices' packet filters reported.
+/// `flows`: what the devices' packet filters reported (denied packets, and the first packet
+/// of each inbound connection they allowed).
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
     /// Only this device (id like n3, or hostname).
@@ -133,6 +134,9 @@ pub struct FlowsArgs {
     pub device: Option<String>,
     #[arg(short = 'n', long, default_value_t = 50)]
     pub lines: usize,
+    /// Only events of this verdict [default: both].
+    #[arg(long, value_parser = ["denied", "allowed"])]
+    pub verdict: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -233,13 +237,19 @@ async fn policy(c: &ApiClient, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
         PolicyCmd::Set { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let v = c
-                .call(
-                    Method::PUT,
-                    "/api/v1/policy",
-                    Some(json!({ "text": text, "file": file.display().to_string() })),
-                )
-                .await?;
+            let body = json!({ "text": text, "file": file.display().to_string() });
+            // The coordinator stops reading a body over its limit and drops the connection,
+            // which would look like an unreachable server: refuse here, and say why.
+            let size = serde_json::to_vec(&body)?.len();
+            if size > crate::api::POLICY_BODY_LIMIT {
+                bail!(
+                    "{} is too large: {size} bytes as a request (JSON-encoded), over the \
+                     coordinator's limit of {} MiB for a policy",
+                    file.display(),
+                    crate::api::POLICY_BODY_LIMIT / (1024 * 1024)
+                );
+            }
+            let v = c.call(Method::PUT, "/api/v1/policy", Some(body)).await?;
             println!("policy v{} is in force", s(&v["version"]));
         }
         PolicyCmd::History => {
@@ -514,6 +524,9 @@ async fn flows(c: &ApiClient, args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("/api/v1/flows?limit={}", args.lines);
     if let Some(d) = &args.device {
         path.push_str(&format!("&device={}", url_component(d)));
+    }
+    if let Some(v) = &args.verdict {
+        path.push_str(&format!("&verdict={v}"));
     }
     let v = c.get(&path).await?;
     let records = v.as_array().cloned().unwrap_or_default();

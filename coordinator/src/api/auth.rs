@@ -61,6 +61,14 @@ pub fn authenticate(state: &ApiState, presented: &str) -> Result<Option<Caller>,
     Ok(found)
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme name is case-insensitive
+/// (RFC 7235 §2.1), so `bearer` and `BEARER` are accepted too. Only the scheme is looked at
+/// here; the token itself is compared in constant time in [`authenticate`].
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
@@ -69,7 +77,7 @@ impl FromRequestParts<ApiState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        let Some(token) = header.and_then(bearer_token) else {
             return Err(ApiError::unauthorized("missing bearer token"));
         };
         let (state2, token) = (state.clone(), token.trim().to_owned());

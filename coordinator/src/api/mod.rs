@@ -13,7 +13,8 @@ pub use auth::Caller;
 use crate::audit;
 use crate::control::ControlPlane;
 use crate::store::{Decision, Store};
-use axum::http::StatusCode;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -182,16 +183,70 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API routes (to be merged into the coordinator's HTTP router).
+/// Largest request body of the endpoints that take a policy text (`PUT /api/v1/policy`,
+/// `POST /api/v1/policy/check`): a policy with many hosts and tests may be a few MiB.
+pub const POLICY_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Largest request body of every other endpoint (and of the login pages).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Give every error answer the documented `{"error": ...}` shape. axum's own rejections (a
+/// body over the limit, a wrong content type, JSON or a query string that does not parse, a
+/// method a path does not take) are plain text or empty; they are rewrapped here, keeping
+/// their status and headers (`Allow`, `WWW-Authenticate`), so clients parse one shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; anything longer is cut rather than buffered.
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut out = ApiError::new(status, message).into_response();
+    out.headers_mut().extend(parts.headers);
+    out
+}
+
+/// Unknown paths (under `/api/` or not) answer a JSON 404 rather than an empty body.
+async fn no_such_path(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such path: {}", uri.path()))
+}
+
+/// The API routes (to be merged into the coordinator's HTTP router). Carries the router's
+/// fallback, so it must be merged into routers that have none.
 pub fn router(state: ApiState) -> Router {
+    let policy_limit = || DefaultBodyLimit::max(POLICY_BODY_LIMIT);
     Router::new()
         .route("/api/v1/whoami", get(whoami))
         .route(
             "/api/v1/policy",
-            get(policy::get_policy).put(policy::set_policy),
+            get(policy::get_policy)
+                .put(policy::set_policy)
+                .layer(policy_limit()),
         )
         .route("/api/v1/policy/history", get(policy::history))
-        .route("/api/v1/policy/check", post(policy::check))
+        .route(
+            "/api/v1/policy/check",
+            post(policy::check).layer(policy_limit()),
+        )
         .route("/api/v1/policy/explain", post(policy::explain))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{device}", get(devices::show))
@@ -215,7 +270,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/flows", get(flows::list))
         .route("/api/v1/audit", get(devices::audit_tail))
         .route("/api/v1/audit/verify", get(devices::audit_verify))
+        .fallback(no_such_path)
         .with_state(state)
+        // Outside the per-route limits above, so that theirs are the ones in force there.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_errors))
 }
 
 async fn whoami(caller: Caller) -> Json<serde_json::Value> {

@@ -40,6 +40,10 @@ pub struct DeviceSummary {
 /// The name policy errors are located in when the admin gave no file name.
 pub const DEFAULT_POLICY_NAME: &str = "policy.hujson";
 
+/// How an admin revocation is worded, to the device and in `revoked_reason` (followed by
+/// the admin's reason, if any). Stored with the device, so later refusals quote it as is.
+pub(crate) const ADMIN_REVOKED: &str = "revoked by an administrator";
+
 impl ControlPlane {
     /// Validate `text`, run its tests, store it, swap it in and push every changed view.
     /// Nodes that no longer pass the admission posture are revoked. A refused policy leaves
@@ -116,9 +120,9 @@ impl ControlPlane {
             return Err(ControlError::UnknownDevice(id.to_string()));
         }
         let reason = if reason.is_empty() {
-            "revoked by an administrator".to_owned()
+            ADMIN_REVOKED.to_owned()
         } else {
-            format!("revoked by an administrator: {reason}")
+            format!("{ADMIN_REVOKED}: {reason}")
         };
         self.revoke(id, "admin", reason, true).await;
         Ok(())

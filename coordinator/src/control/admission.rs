@@ -176,11 +176,15 @@ impl ControlPlane {
     }
 
     async fn refuse_revoked(&self, d: &DeviceRecord) -> LoginStep {
-        let reason = format!(
-            "this device ({}) was revoked by an administrator: {}",
-            d.id,
-            d.revoked_reason.as_deref().unwrap_or("no reason given")
-        );
+        // The stored reason already starts with "revoked by an administrator" (it is what the
+        // device was told at the time); saying it again here doubled it.
+        use super::admin::ADMIN_REVOKED;
+        let why = match d.revoked_reason.as_deref() {
+            Some(r) if r.starts_with(ADMIN_REVOKED) => r.to_owned(),
+            Some(r) => format!("{ADMIN_REVOKED}: {r}"),
+            None => ADMIN_REVOKED.to_owned(),
+        };
+        let reason = format!("this device ({}) was {why}", d.id);
         self.audit(
             node_subject(d.id),
             "admission",
