@@ -190,6 +190,14 @@ async fn admin_cli_end_to_end_against_a_real_server() {
     let at = format!("{}:1:", broken.display());
     assert!(stderr(&o).contains(&at), "{}", stderr(&o));
     assert_eq!(srv.ok(&["policy", "get"]), before);
+    // So is text that is not UTF-8, as the offline check locates it.
+    let latin1 = tmp.path().join("latin1.hujson");
+    std::fs::write(&latin1, b"{\n  \"groups\": {\"group:a\": [\"z\xe9\"]}}").unwrap();
+    let o = srv.cli(&["policy", "set", latin1.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let at = format!("{}:2:28: byte 0xE9 is not UTF-8", latin1.display());
+    assert!(stderr(&o).contains(&at), "{}", stderr(&o));
+    assert_eq!(srv.ok(&["policy", "get"]), before);
     // The offline check (H1's) agrees.
     assert!(!srv
         .cli(&["policy", "check", failing.to_str().unwrap()])
