@@ -179,3 +179,31 @@ fn users_and_policy_history() {
     assert_eq!(h.len(), 2);
     assert_eq!(h[0].author, "admin");
 }
+
+#[test]
+fn a_store_made_under_an_open_umask_is_made_private_when_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    drop(SledStore::open(&db).unwrap());
+    // As an older coordinator left it under umask 022.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    set(&db, 0o755);
+    let files: Vec<_> = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        set(f, 0o644);
+    }
+    drop(SledStore::open(&db).unwrap());
+    assert_eq!(mode(&db), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+}

@@ -88,9 +88,40 @@ fn take_counter(meta: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
     Ok(next)
 }
 
+/// The store holds password hashes and TOTP secrets. New files are private through `serve`'s
+/// umask; this brings a store made before that (under a umask of 022: 0755 and 0644) to
+/// 0700/0600 too, so a copy of the data directory does not carry readable secrets.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let want = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != want {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            make_private(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<SledStore> {
+        make_private(dir.as_ref()).map_err(|e| {
+            StoreError::Engine(format!(
+                "making {} private (mode 0700/0600): {e}",
+                dir.as_ref().display()
+            ))
+        })?;
         let db = sled::Config::new()
             .path(dir.as_ref())
             .mode(sled::Mode::HighThroughput)
