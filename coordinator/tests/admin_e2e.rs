@@ -205,6 +205,26 @@ async fn admin_cli_end_to_end_against_a_real_server() {
         .success());
     let out = srv.ok(&["policy", "set", policy.to_str().unwrap()]);
     assert!(out.contains("v2"), "{out}");
+    // A policy that no longer declares a tag web-1 carries goes in force, with a warning
+    // that names the tag and the device (and is in the audit record).
+    let untagged = write(
+        tmp.path(),
+        "untagged.hujson",
+        r#"{ "groups": { "group:eng": ["alice@example.com"] }, "acls": [] }"#,
+    );
+    let o = srv.cli(&["policy", "set", untagged.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warned = stderr(&o);
+    assert!(
+        warned.contains("warning: tag:server is not declared in tagOwners")
+            && warned.contains("web-1"),
+        "{warned}"
+    );
+    let audit = srv.ok(&["audit", "tail", "-n", "3"]);
+    assert!(audit.contains("warning: tag:server"), "{audit}");
+    let o = srv.cli(&["policy", "set", policy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
 
     // custom:* attributes (MDM/EDR feeds) are set by admins; device attributes are not.
     srv.ok(&["devices", "set-attr", "web-1", "custom:managed=true"]);

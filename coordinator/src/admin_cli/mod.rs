@@ -259,6 +259,9 @@ async fn policy(c: &ApiClient, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             }
             let v = c.call(Method::PUT, "/api/v1/policy", Some(body)).await?;
             println!("policy v{} is in force", s(&v["version"]));
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", s(w));
+            }
         }
         PolicyCmd::History => {
             let v = c.get("/api/v1/policy/history").await?;

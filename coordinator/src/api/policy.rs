@@ -104,16 +104,34 @@ pub async fn set_policy(
         .set_policy_named(&body.text, body.file_name(), &caller.actor)
         .await
     {
-        Ok(v) => {
+        Ok(swap) => {
+            let v = &swap.version;
+            let warnings: Vec<String> = swap
+                .undeclared_tags
+                .iter()
+                .map(|(tag, hosts)| {
+                    format!(
+                        "{tag} is not declared in tagOwners, but {} connected device(s) carry \
+                         it ({}): no rule can name it any more",
+                        hosts.len(),
+                        hosts.join(", ")
+                    )
+                })
+                .collect();
+            let mut reason = "validated, tests passed, in force".to_owned();
+            for w in &warnings {
+                reason.push_str("; warning: ");
+                reason.push_str(w);
+            }
             st.audit(
                 &caller,
                 "policy.set",
                 &format!("policy v{}", v.version),
                 Decision::Allow,
-                "validated, tests passed, in force",
+                &reason,
             )
             .await?;
-            Ok(Json(json!({ "version": v.version })))
+            Ok(Json(json!({ "version": v.version, "warnings": warnings })))
         }
         Err(e) => {
             let err = ApiError::from(e);

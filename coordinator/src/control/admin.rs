@@ -6,9 +6,10 @@ use super::login::{Identity, LoginError, LoginStatus, Purpose, Refused};
 use super::{now, ControlError, ControlPlane};
 use crate::store::{Decision, PolicyVersion};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 use ztmesh_common::addr::overlay_addrs;
 use ztmesh_common::ids::NodeId;
 use ztmesh_common::policy::Policy;
@@ -44,15 +45,22 @@ pub const DEFAULT_POLICY_NAME: &str = "policy.hujson";
 /// the admin's reason, if any). Stored with the device, so later refusals quote it as is.
 pub(crate) const ADMIN_REVOKED: &str = "revoked by an administrator";
 
+/// A policy that is in force, and what it means for devices an admin may not have meant.
+#[derive(Debug)]
+pub struct PolicySwap {
+    pub version: PolicyVersion,
+    /// Tags carried by connected devices that the policy does not declare in `tagOwners`,
+    /// with those devices' hostnames: no rule can name such a tag, so these devices keep only
+    /// what rules on `*`, `autogroup:tagged` or addresses give them. A warning, not a
+    /// refusal: retiring a tag is a legitimate change, but rarely one made by accident.
+    pub undeclared_tags: BTreeMap<String, Vec<String>>,
+}
+
 impl ControlPlane {
     /// Validate `text`, run its tests, store it, swap it in and push every changed view.
     /// Nodes that no longer pass the admission posture are revoked. A refused policy leaves
     /// the running one in force.
-    pub async fn set_policy(
-        &self,
-        text: &str,
-        author: &str,
-    ) -> Result<PolicyVersion, ControlError> {
+    pub async fn set_policy(&self, text: &str, author: &str) -> Result<PolicySwap, ControlError> {
         self.set_policy_named(text, DEFAULT_POLICY_NAME, author)
             .await
     }
@@ -64,7 +72,7 @@ impl ControlPlane {
         text: &str,
         file_name: &str,
         author: &str,
-    ) -> Result<PolicyVersion, ControlError> {
+    ) -> Result<PolicySwap, ControlError> {
         let policy = Policy::parse(text, file_name)
             .map_err(|e| ControlError::InvalidPolicy(e.to_string()))?;
         let failures = policy.run_tests();
@@ -78,18 +86,25 @@ impl ControlPlane {
             .blocking(move |s| s.put_policy(&text, &author_s, now()))
             .await??;
         let policy = Arc::new(policy);
-        let failing = {
+        let (failing, undeclared_tags) = {
             let mut core = self.core();
             core.policy = policy.clone();
             let pushes = core.mesh.set_policy(policy.clone());
             core.push_all(pushes);
             let mut failing = Vec::new();
+            let mut undeclared: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (id, st) in &core.nodes {
                 if let Err(reasons) = policy.check_admission(&st.inventory(*id)) {
                     failing.push((*id, reasons));
                 }
+                for tag in st.tags.iter().filter(|t| !policy.is_declared_tag(t)) {
+                    undeclared
+                        .entry(tag.clone())
+                        .or_default()
+                        .push(st.hostname.clone());
+                }
             }
-            failing
+            (failing, undeclared)
         };
         info!(
             version = version.version,
@@ -109,7 +124,14 @@ impl ControlPlane {
             )
             .await;
         }
-        Ok(version)
+        if !undeclared_tags.is_empty() {
+            warn!(tags = ?undeclared_tags.keys().collect::<Vec<_>>(),
+                "the new policy does not declare tags that connected devices carry");
+        }
+        Ok(PolicySwap {
+            version,
+            undeclared_tags,
+        })
     }
 
     /// Revoke a device: out of every view now, `Revoked` to the device, and the durable

@@ -24,7 +24,7 @@ mod sweeper;
 pub mod testkit;
 pub mod tls;
 
-pub use admin::{DeviceSummary, DEFAULT_POLICY_NAME};
+pub use admin::{DeviceSummary, PolicySwap, DEFAULT_POLICY_NAME};
 pub use endpoint::QuicServer;
 pub use login::{Identity, LoginError, LoginStatus};
 
