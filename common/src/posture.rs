@@ -49,6 +49,11 @@ impl AttrValue {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             AttrValue::Bool(b) => serde_json::Value::Bool(*b),
+            // A whole number prints as one (`51`, not `51.0`): attributes like
+            // `node:lastUpdateDays` are counts, and admins read them back as they set them.
+            AttrValue::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => {
+                serde_json::Value::Number((*n as i64).into())
+            }
             AttrValue::Number(n) => serde_json::Number::from_f64(*n)
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
@@ -69,4 +74,19 @@ pub fn digest(attrs: &PostureAttrs) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let bytes = postcard::to_allocvec(attrs).unwrap_or_default();
     Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_back_as_they_were_written() {
+        for text in ["51", "-3", "0", "2.5", "1e300"] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let back = AttrValue::from_json(&v).unwrap().to_json();
+            assert_eq!(back, v, "{text}");
+        }
+        assert_eq!(AttrValue::Number(51.0).to_json().to_string(), "51");
+    }
 }
