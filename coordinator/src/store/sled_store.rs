@@ -113,6 +113,28 @@ fn make_private(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens sled, waiting a little for the lock when the same process has just dropped the
+/// store: sled's background flusher lets go of the file lock a moment after the last handle
+/// is gone. (Another process is kept out earlier, by `serve`'s own lock file.)
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match config.open() {
+            // sled reports a held lock as `Other` with this text (sled 0.34).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl SledStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<SledStore> {
@@ -122,10 +144,7 @@ impl SledStore {
                 dir.as_ref().display()
             ))
         })?;
-        let db = sled::Config::new()
-            .path(dir.as_ref())
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(dir.as_ref())?;
         Ok(SledStore {
             users: db.open_tree(T_USERS)?,
             devices: db.open_tree(T_DEVICES)?,
