@@ -514,17 +514,8 @@ async fn a_second_coordinator_on_the_same_data_dir_is_refused_and_changes_nothin
         .map(|f| recorded(f))
         .collect();
 
-    let second = Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(&dir)
-        .args([
-            "--control-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+    let second = serve_command(&dir)
         .args(["--public-addr", "127.0.0.1:17444"])
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -555,18 +546,7 @@ fn a_data_dir_that_is_a_file_is_named_as_such() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("data");
     std::fs::write(&file, "not a directory").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(&file)
-        .args([
-            "--control-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = serve_command(&file).output().unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("is not a directory"), "{err}");

@@ -60,15 +60,7 @@ async fn admin_commands_die_quietly_on_a_closed_pipe_and_serve_does_not() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut serve = Reap(
-        Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--control-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+        serve_command(&dir)
             .args(["--public-addr", "127.0.0.1:7443", "--policy"])
             .arg(&policy)
             .stdout(Stdio::from(writer))
@@ -139,15 +131,7 @@ impl Drop for Reap {
 
 fn serve_refused(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut child = Reap(
-        Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--control-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+        serve_command(dir)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -190,28 +190,7 @@ impl Policy {
     /// [`Policy::parse`] of a file's bytes: text that is not UTF-8 is an error at the line
     /// and column of its first bad byte, like any other.
     pub fn parse_bytes(source: &[u8], file_name: &str) -> Result<Policy, PolicyError> {
-        match std::str::from_utf8(source) {
-            Ok(text) => Policy::parse(text, file_name),
-            Err(e) => {
-                let good =
-                    std::str::from_utf8(&source[..e.valid_up_to()]).expect("valid up to there");
-                let line_start = good.rfind('\n').map_or(0, |i| i + 1);
-                let pos = Pos {
-                    line: good.matches('\n').count() as u32 + 1,
-                    col: good[line_start..].chars().count() as u32 + 1,
-                };
-                Err(PolicyError {
-                    problems: vec![Diagnostic {
-                        file: file_name.to_string(),
-                        pos,
-                        message: format!(
-                            "byte 0x{:02X} is not UTF-8: expected UTF-8 text",
-                            source[e.valid_up_to()]
-                        ),
-                    }],
-                })
-            }
-        }
+        Policy::parse(policy_text(source, file_name)?, file_name)
     }
 
     /// The file name given to [`Policy::parse`].
@@ -375,6 +354,29 @@ impl Policy {
         }
         s
     }
+}
+
+/// A policy file's bytes as text; bytes that are not UTF-8 are an error at the line and
+/// column of the first bad one (for callers that send the text on, as `policy set` does).
+pub fn policy_text<'a>(source: &'a [u8], file_name: &str) -> Result<&'a str, PolicyError> {
+    std::str::from_utf8(source).map_err(|e| {
+        let good = std::str::from_utf8(&source[..e.valid_up_to()]).expect("valid up to there");
+        let line_start = good.rfind('\n').map_or(0, |i| i + 1);
+        let pos = Pos {
+            line: good.matches('\n').count() as u32 + 1,
+            col: good[line_start..].chars().count() as u32 + 1,
+        };
+        PolicyError {
+            problems: vec![Diagnostic {
+                file: file_name.to_string(),
+                pos,
+                message: format!(
+                    "byte 0x{:02X} is not UTF-8: expected UTF-8 text",
+                    source[e.valid_up_to()]
+                ),
+            }],
+        }
+    })
 }
 
 /// Parses a duration: `10s`, `15m`, `1h`, `2d`, or a sequence such as `1h30m`.

@@ -238,13 +238,8 @@ async fn policy(c: &ApiClient, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // Text that is not UTF-8 gets the offline check's located error.
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let name = file.display().to_string();
-                match ztmesh_common::policy::Policy::parse_bytes(e.as_bytes(), &name) {
-                    Err(located) => anyhow::anyhow!("{located}"),
-                    Ok(_) => anyhow::anyhow!("{name}: {e}"),
-                }
-            })?;
+            let text = ztmesh_common::policy::policy_text(&bytes, &file.display().to_string())
+                .map_err(|located| anyhow::anyhow!("{located}"))?;
             let body = json!({ "text": text, "file": file.display().to_string() });
             // The coordinator stops reading a body over its limit and drops the connection,
             // which would look like an unreachable server: refuse here, and say why.

@@ -118,11 +118,10 @@ pub async fn set_policy(
                     )
                 })
                 .collect();
-            let mut reason = "validated, tests passed, in force".to_owned();
-            for w in &warnings {
-                reason.push_str("; warning: ");
-                reason.push_str(w);
-            }
+            let reason = std::iter::once("validated, tests passed, in force".to_owned())
+                .chain(warnings.iter().map(|w| format!("warning: {w}")))
+                .collect::<Vec<_>>()
+                .join("; ");
             st.audit(
                 &caller,
                 "policy.set",
@@ -135,11 +134,11 @@ pub async fn set_policy(
         }
         Err(e) => {
             let err = ApiError::from(e);
-            let mut reason = err.message.clone();
-            for d in &err.details {
-                reason.push_str("; ");
-                reason.push_str(d);
-            }
+            let reason = std::iter::once(&err.message)
+                .chain(&err.details)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("; ");
             st.audit(&caller, "policy.set", "policy", Decision::Deny, &reason)
                 .await?;
             Err(err)

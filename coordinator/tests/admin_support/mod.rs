@@ -15,6 +15,25 @@ use ztmesh_coordinator::control::testkit::{client_endpoint, login_request, TestC
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ztmesh-coordinator");
 
+/// Listeners on loopback, on ports the kernel picks: tests never collide.
+pub const LOOPBACK_LISTEN: [&str; 4] = [
+    "--control-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+];
+
+/// `serve --data-dir DIR` on loopback listeners, for tests that run it themselves (to watch it
+/// fail, or with their own stdio).
+pub fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(LOOPBACK_LISTEN)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
 /// A running coordinator; killed on drop.
 pub struct Server {
     child: Child,
@@ -29,16 +48,8 @@ impl Server {
     }
 
     pub async fn start_with(dir: &Path, policy: Option<&Path>, extra: &[&str]) -> Server {
-        let mut args: Vec<String> = [
-            "--control-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--public-addr",
-            "127.0.0.1:7443",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = LOOPBACK_LISTEN.map(String::from).to_vec();
+        args.extend(["--public-addr", "127.0.0.1:7443"].map(String::from));
         if let Some(p) = policy {
             args.push("--policy".into());
             args.push(p.to_string_lossy().into_owned());
